@@ -1,0 +1,33 @@
+"""iscl: unpaired image denoising (ISCL, Lee & Jeong, IEEE TMI 2021) in PyTorch.
+
+The public surface is small; heavy modules (torch networks, simulators) are imported on first use so
+that ``import iscl`` stays fast.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata as _metadata
+from typing import TYPE_CHECKING, Any
+
+try:
+    __version__ = _metadata.version("iscl")
+except _metadata.PackageNotFoundError:  # running from a source tree without install
+    __version__ = "0.0.0"
+
+__all__ = ["Config", "load", "train", "denoise", "__version__"]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from iscl.api import denoise, load, train
+    from iscl.config import Config
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("load", "train", "denoise"):
+        from iscl import api
+
+        return getattr(api, name)
+    if name == "Config":
+        from iscl.config import Config
+
+        return Config
+    raise AttributeError(f"module 'iscl' has no attribute {name!r}")
