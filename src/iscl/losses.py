@@ -1,0 +1,86 @@
+"""The ISCL objectives (Lee & Jeong, IEEE TMI 2021, §III; official ``models/trainer.py``) as pure functions.
+
+Every function returns a scalar tensor: a mean over *all* elements of its inputs (``tf.reduce_mean``
+in the official code). Images are (N, 1, H, W) on [-1, 1]; discriminator outputs are (N, 1, h, w)
+logits. Weights such as λ live in the configuration; :mod:`iscl.methods.iscl` sums the terms.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "hinge_discriminator",
+    "boosting",
+    "adversarial_generator",
+    "cycle_consistency",
+    "bypass_consistency",
+    "pseudo_noise",
+    "noise_consistency",
+]
+
+
+def _same_shape(name: str, *tensors: torch.Tensor) -> None:
+    shapes = {tuple(t.shape) for t in tensors}
+    if len(shapes) != 1:
+        raise ValueError(f"{name}: inputs must have the same shape, got {sorted(shapes)}")
+
+
+def hinge_discriminator(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """Hinge loss of one discriminator: ``mean relu(1 - D(real)) + mean relu(D(fake))``.
+
+    Used for D_X (real = noisy x, fake = G(y)) and D_Y (real = clean y, fake = F(x)).
+    The two means are taken separately, so real and fake maps may differ in size.
+    """
+    return torch.relu(1.0 - real_logits).mean() + torch.relu(fake_logits).mean()
+
+
+def boosting(dx_pseudo_noisy: torch.Tensor, dy_pseudo_clean: torch.Tensor) -> torch.Tensor:
+    """Boosting term of the D step: the pseudo images are shown as fakes.
+
+    ``mean relu(D_X(y + H(x))) + mean relu(D_Y(x - H(x)))``.
+    """
+    return torch.relu(dx_pseudo_noisy).mean() + torch.relu(dy_pseudo_clean).mean()
+
+
+def adversarial_generator(fake_logits: torch.Tensor) -> torch.Tensor:
+    """Generator side of the hinge GAN: ``-mean D(fake)`` (for F: D_Y(F(x)); for G: D_X(G(y)))."""
+    return -fake_logits.mean()
+
+
+def cycle_consistency(
+    x: torch.Tensor, x_cycled: torch.Tensor, y: torch.Tensor, y_cycled: torch.Tensor
+) -> torch.Tensor:
+    """Cycle loss ``mean|x - G(F(x))| + mean|y - F(G(y))|``."""
+    _same_shape("cycle_consistency (noisy)", x, x_cycled)
+    _same_shape("cycle_consistency (clean)", y, y_cycled)
+    return (x - x_cycled).abs().mean() + (y - y_cycled).abs().mean()
+
+
+def bypass_consistency(
+    f_x: torch.Tensor, pseudo_clean: torch.Tensor, y: torch.Tensor, f_pseudo_noisy: torch.Tensor
+) -> torch.Tensor:
+    """Bypass consistency ``mean|F(x) - (x - H(x))| + mean|y - F(y + H(x))|``.
+
+    Parameters
+    ----------
+    f_x : F(x).
+    pseudo_clean : x - H(x), the bypass estimate of the clean image.
+    y : clean batch.
+    f_pseudo_noisy : F(y + H(x)), F applied to the pseudo-noisy image.
+    """
+    _same_shape("bypass_consistency (noisy)", f_x, pseudo_clean)
+    _same_shape("bypass_consistency (clean)", y, f_pseudo_noisy)
+    return (f_x - pseudo_clean).abs().mean() + (y - f_pseudo_noisy).abs().mean()
+
+
+def pseudo_noise(h_x: torch.Tensor, x: torch.Tensor, f_x: torch.Tensor) -> torch.Tensor:
+    """Pseudo-noise label loss ``mean|H(x) - (x - F(x))|``: F's residual teaches H."""
+    _same_shape("pseudo_noise", h_x, x, f_x)
+    return (h_x - (x - f_x)).abs().mean()
+
+
+def noise_consistency(h_gy: torch.Tensor, g_y: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Noise consistency ``mean|H(G(y)) - (G(y) - y)|``: H must find the noise G added to y."""
+    _same_shape("noise_consistency", h_gy, g_y, y)
+    return (h_gy - (g_y - y)).abs().mean()

@@ -1,0 +1,38 @@
+"""The ISCL noise extractor H: a DnCNN-like plain CNN that predicts the noise of a noisy image."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from iscl.nn.layers import truncated_normal_init_
+from iscl.nn.norm import BatchInstanceNorm
+
+__all__ = ["NoiseExtractor"]
+
+LEAKY_SLOPE = 0.2
+
+
+class NoiseExtractor(nn.Module):
+    """Noise extractor H (official ``Extractor(32)``, 20 conv layers: 168,801 parameters).
+
+    conv 3×3 1→width + lrelu; ``n_layers - 2`` × [conv 3×3, BIN, lrelu]; conv 3×3 width→1, linear.
+    All convs use zero 'same' padding, so any input size works.
+
+    Shape: (N, 1, H, W) on [-1, 1] → (N, 1, H, W) noise map in the same units, not clipped
+    (``x - H(x)`` is the bypass estimate of the clean image).
+    """
+
+    def __init__(self, width: int = 32, n_layers: int = 20, in_channels: int = 1):
+        super().__init__()
+        if n_layers < 2:
+            raise ValueError(f"NoiseExtractor needs n_layers >= 2, got {n_layers}")
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, padding=1), nn.LeakyReLU(LEAKY_SLOPE)]
+        for _ in range(n_layers - 2):
+            layers += [nn.Conv2d(width, width, 3, padding=1), BatchInstanceNorm(width), nn.LeakyReLU(LEAKY_SLOPE)]
+        layers.append(nn.Conv2d(width, in_channels, 3, padding=1))
+        self.body = nn.Sequential(*layers)
+        truncated_normal_init_(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)

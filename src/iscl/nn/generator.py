@@ -1,0 +1,91 @@
+"""The ISCL generators F (noisy → clean) and G (clean → noisy): a ResNet-style encoder-decoder."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from iscl.nn.layers import ConvTranspose2dSame, SymmetricPad2d, symmetric_pad, truncated_normal_init_
+from iscl.nn.norm import BatchInstanceNorm
+
+__all__ = ["Generator", "ResidualBlock"]
+
+LEAKY_SLOPE = 0.2
+
+
+class _ConvNormAct(nn.Sequential):
+    """[symmetric pad] → conv (valid) → BIN → [leaky ReLU]."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, pad: int, act: bool = True):
+        layers: list[nn.Module] = []
+        if pad:
+            layers.append(SymmetricPad2d(pad))
+        layers += [nn.Conv2d(cin, cout, kernel, stride=stride), BatchInstanceNorm(cout)]
+        if act:
+            layers.append(nn.LeakyReLU(LEAKY_SLOPE))
+        super().__init__(*layers)
+
+
+class ResidualBlock(nn.Module):
+    """``h + [pad 1, conv 3×3, BIN, lrelu, pad 1, conv 3×3, BIN](h)`` (no activation after the sum)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            _ConvNormAct(channels, channels, 3, 1, 1, act=True),
+            _ConvNormAct(channels, channels, 3, 1, 1, act=False),
+        )
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.body(h)
+
+
+class Generator(nn.Module):
+    """Image-to-image generator of ISCL (official ``Generator(1, 32, 3)``: 1,148,225 parameters).
+
+    Two stride-2 downsamplings, ``n_res`` residual blocks at 1/4 resolution, two TF-'same' transposed
+    convolutions back up, and a 7×7 output conv with ``tanh``.
+
+    Parameters
+    ----------
+    out_channels : int
+        Output channels (1 for grey images).
+    width : int
+        Channels of the first layer; 2× and 4× that in the downsampled layers.
+    n_res : int
+        Number of residual blocks.
+
+    Shape: (N, 1, H, W) → (N, out_channels, H, W), input on [-1, 1], output on (-1, 1). H and W of any
+    size ≥ 4: sides that are not multiples of 4 are padded symmetrically and cropped back.
+    """
+
+    def __init__(self, out_channels: int = 1, width: int = 32, n_res: int = 3, in_channels: int = 1):
+        super().__init__()
+        w = width
+        self.encoder = nn.Sequential(
+            _ConvNormAct(in_channels, w, 7, 1, 3),
+            _ConvNormAct(w, 2 * w, 4, 2, 1),
+            _ConvNormAct(2 * w, 4 * w, 4, 2, 1),
+        )
+        self.blocks = nn.Sequential(*[ResidualBlock(4 * w) for _ in range(n_res)])
+        self.decoder = nn.Sequential(
+            ConvTranspose2dSame(4 * w, 2 * w, 3, 2),
+            BatchInstanceNorm(2 * w),
+            nn.LeakyReLU(LEAKY_SLOPE),
+            ConvTranspose2dSame(2 * w, w, 3, 2),
+            BatchInstanceNorm(w),
+            nn.LeakyReLU(LEAKY_SLOPE),
+        )
+        self.head = nn.Conv2d(w, out_channels, 7)
+        truncated_normal_init_(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        ph, pw = (-height) % 4, (-width) % 4
+        if ph or pw:
+            # mirror-extend to a multiple of 4 (the two stride-2 stages need it), crop back at the end
+            x = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(height, width) > max(ph, pw) else "replicate")
+        h = self.decoder(self.blocks(self.encoder(x)))
+        out = torch.tanh(self.head(symmetric_pad(h, 3)))
+        return out[..., :height, :width]

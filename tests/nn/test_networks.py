@@ -1,0 +1,68 @@
+"""Parameter counts (the official TF model's), shapes and output ranges of the five networks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from iscl.methods.iscl import ISCLNetworks
+from iscl.nn import BatchInstanceNorm, Generator, NoiseExtractor, PatchDiscriminator
+
+
+def n_params(m: torch.nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def test_parameter_counts_match_official_model():
+    assert n_params(Generator()) == 1_148_225
+    assert n_params(NoiseExtractor()) == 168_801
+    assert n_params(PatchDiscriminator()) == 2_790_177
+    assert n_params(ISCLNetworks()) == 8_045_605
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 64, 64), (1, 1, 37, 50), (1, 1, 4, 4), (3, 1, 66, 70)])
+def test_generator_shape_and_tanh_range(shape):
+    torch.manual_seed(0)
+    g = Generator(width=8, n_res=1)
+    x = torch.rand(shape) * 2 - 1
+    y = g(x)
+    assert y.shape == x.shape
+    assert y.abs().max() < 1.0
+
+
+def test_extractor_is_linear_output_same_shape():
+    torch.manual_seed(0)
+    h = NoiseExtractor(width=8, n_layers=4)
+    x = torch.randn(2, 1, 33, 17)
+    n = h(x)
+    assert n.shape == x.shape
+    # unbounded output: scaling the last conv's bias moves it past [-1, 1]
+    with torch.no_grad():
+        h.body[-1].bias.fill_(5.0)
+    assert h(x).min() > 1.0
+
+
+@pytest.mark.parametrize(("hw", "out"), [((64, 64), (1, 1)), ((96, 128), (3, 5)), ((65, 81), (2, 3))])
+def test_discriminator_patch_map_size(hw, out):
+    d = PatchDiscriminator(width=4)
+    assert d(torch.randn(2, 1, *hw)).shape == (2, 1, *out)
+
+
+def test_discriminator_single_64_image_gives_constant():
+    # BIN on a 1x1 map with one image normalizes everything away (method.md §1)
+    torch.manual_seed(0)
+    d = PatchDiscriminator(width=4)
+    a, b = d(torch.randn(1, 1, 64, 64)), d(torch.randn(1, 1, 64, 64))
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_truncated_normal_init():
+    torch.manual_seed(0)
+    g = Generator()
+    w = torch.cat([m.weight.flatten() for m in g.modules() if isinstance(m, torch.nn.Conv2d)])
+    assert w.abs().max() <= 0.1 + 1e-7  # truncated at 2 std
+    assert 0.03 < w.std() < 0.05  # std of a N(0, 0.05) truncated at ±2σ is ≈ 0.044
+    biases = [m.bias for m in g.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    assert all(torch.count_nonzero(b) == 0 for b in biases)
+    bins = [m for m in g.modules() if isinstance(m, BatchInstanceNorm)]
+    assert all(torch.all(m.rho == 1) and torch.all(m.gamma == 1) and torch.all(m.beta == 0) for m in bins)
