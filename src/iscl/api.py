@@ -1,0 +1,220 @@
+"""The public Python API: ``train``, ``load``, ``denoise`` and the :class:`Denoiser` they return.
+
+Arrays at this edge are NumPy, in the images' own units and dtype; the stored
+:class:`~iscl.data.normalize.Normalizer` maps them to the networks' [-1, 1] and back.
+
+Example
+-------
+>>> import iscl
+>>> model = iscl.train(clean_images, noisy_images, iscl.config.preset("cpu"), run_dir="runs/em")  # doctest: +SKIP
+>>> restored = model.denoise(noisy_image)  # same shape and dtype as the input          # doctest: +SKIP
+>>> model.save("runs/em/export"); model = iscl.load("runs/em")                          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from iscl.config import Config, NetworkConfig, preset
+from iscl.data.normalize import Normalizer, fit_normalizer
+from iscl.methods.iscl import blend
+from iscl.nn import Generator, NoiseExtractor
+from iscl.training import checkpoint as ckpt
+from iscl.training.trainer import Trainer
+
+__all__ = ["Denoiser", "train", "load", "denoise", "Output"]
+
+Output = Literal["denoised", "generator", "bypass", "noise"]
+
+
+def _as_slices(images: np.ndarray | Sequence[np.ndarray], what: str) -> list[np.ndarray]:
+    """Accept one 2-D image, a (Z, H, W) stack or a sequence of either; return a list of 2-D arrays."""
+    items = [images] if isinstance(images, np.ndarray) else list(images)
+    if not items:
+        raise ValueError(f"{what}: no images given")
+    out: list[np.ndarray] = []
+    for i, im in enumerate(items):
+        a = np.asarray(im)
+        if a.dtype.kind not in "uif":
+            raise TypeError(f"{what}[{i}]: expected a real-valued image, got dtype {a.dtype}")
+        if a.ndim == 2:
+            out.append(a)
+        elif a.ndim == 3:
+            out.extend(a[z] for z in range(a.shape[0]))
+        else:
+            raise ValueError(f"{what}[{i}]: expected a 2-D image or a (Z, H, W) stack, got shape {a.shape}")
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise ValueError(f"{what}[{i}]: {int((~np.isfinite(a)).sum())} NaN/Inf pixels; fix or mask them first")
+    return out
+
+
+class Denoiser:
+    """A trained ISCL model ready for prediction: F (SWA-averaged and raw), H, and the normalizer.
+
+    Build it with :func:`train` or :func:`load`.
+    """
+
+    def __init__(self, config: Config, normalizer: Normalizer, F_swa: nn.Module, F_raw: nn.Module,
+                 H: nn.Module, info: dict | None = None, device: str | torch.device = "cpu"):
+        self.config = config
+        self.normalizer = normalizer
+        self.device = torch.device(device)
+        self.F_swa = F_swa.to(self.device).eval()
+        self.F_raw = F_raw.to(self.device).eval()
+        self.H = H.to(self.device).eval()
+        self.info = dict(info or {})
+        self.trainer: Trainer | None = None
+
+    # ------------------------------------------------------------------ construction
+    @staticmethod
+    def _networks(net: NetworkConfig) -> tuple[nn.Module, nn.Module, nn.Module]:
+        return (Generator(1, net.generator_width, net.generator_res_blocks),
+                Generator(1, net.generator_width, net.generator_res_blocks),
+                NoiseExtractor(net.extractor_width, net.extractor_layers))
+
+    @classmethod
+    def from_weights(cls, config: Config, normalizer: Normalizer, weights: dict[str, torch.Tensor],
+                     info: dict | None = None, device: str | torch.device = "cpu", source: str = "weights") -> Denoiser:
+        F_swa, F_raw, H = cls._networks(config.network)
+        for prefix, module in (("F", F_swa), ("F_raw", F_raw), ("H", H)):
+            sub = {k[len(prefix) + 1 :]: v for k, v in weights.items() if k.startswith(prefix + ".")}
+            expected = module.state_dict()
+            missing = sorted(set(expected) - set(sub))
+            unexpected = sorted(set(sub) - set(expected))
+            bad = sorted(k for k in set(sub) & set(expected) if tuple(sub[k].shape) != tuple(expected[k].shape))
+            if missing or unexpected or bad:
+                detail = (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected
+                          else f"shape of {prefix}.{bad[0]} is {tuple(sub[bad[0]].shape)}, expected "
+                          f"{tuple(expected[bad[0]].shape)}")
+                raise ckpt.CheckpointError(f"{source}: weights of {prefix} do not match the configured architecture ({detail})")
+            module.load_state_dict(sub)
+        return cls(config, normalizer, F_swa, F_raw, H, info, device)
+
+    # ------------------------------------------------------------------ prediction
+    @torch.no_grad()
+    def predict_normalized(self, x: torch.Tensor, output: Output = "denoised", gamma: float | None = None,
+                           weights: Literal["swa", "raw"] | None = None) -> torch.Tensor:
+        """Network-level prediction on (N, 1, H, W) tensors on [-1, 1]; returns the same shape.
+
+        ``output``: ``denoised`` = clip(γ F(x) + (1-γ)(x - H(x)), -1, 1); ``generator`` = F(x);
+        ``bypass`` = x - H(x); ``noise`` = H(x) (noise map, [-1, 1] units: 2/(high-low) per image unit).
+        """
+        gamma = self.config.predict.gamma if gamma is None else float(gamma)
+        which = weights or self.config.predict.weights
+        F_net = self.F_swa if which == "swa" else self.F_raw
+        x = x.to(self.device)
+        if output == "noise":
+            return self.H(x)
+        if output == "generator":
+            return F_net(x)
+        if output == "bypass":
+            return x - self.H(x)
+        if output != "denoised":
+            raise ValueError(f"output must be one of denoised, generator, bypass, noise; got {output!r}")
+        return blend(F_net, self.H, x, gamma).denoised
+
+    def denoise(self, image: np.ndarray, *, output: Output = "denoised", gamma: float | None = None,
+                weights: Literal["swa", "raw"] | None = None) -> np.ndarray:
+        """Denoise one image (H, W) or a stack (Z, H, W), slice by slice, one image per network call.
+
+        Returns an array of the input's shape. ``denoised``/``generator``/``bypass`` come back in the
+        input's units and dtype (integers rounded and clipped to the dtype's range); ``noise`` comes
+        back as float32 in image units. Sides need not be multiples of 4; the image must be at least
+        4×4.
+        """
+        a = np.asarray(image)
+        if a.ndim not in (2, 3):
+            raise ValueError(f"denoise: expected a 2-D image or a (Z, H, W) stack, got shape {a.shape}")
+        if min(a.shape[-2:]) < 4:
+            raise ValueError(f"denoise: image of {a.shape[-2]}x{a.shape[-1]} pixels is too small (at least 4x4)")
+        if a.dtype.kind not in "uif":
+            raise TypeError(f"denoise: expected a real-valued image, got dtype {a.dtype}")
+        slices = a[None] if a.ndim == 2 else a
+        out_dtype = np.float32 if output == "noise" else (a.dtype if a.dtype.kind in "ui" else a.dtype)
+        result = np.empty(slices.shape, dtype=out_dtype)
+        for z, sl in enumerate(slices):
+            if sl.dtype.kind == "f" and not np.isfinite(sl).all():
+                raise ValueError(f"denoise: slice {z} has {int((~np.isfinite(sl)).sum())} NaN/Inf pixels")
+            x = torch.from_numpy(self.normalizer.forward(sl))[None, None]
+            y = self.predict_normalized(x, output, gamma, weights)[0, 0].float().cpu().numpy()
+            if output == "noise":
+                result[z] = y * (0.5 * (self.normalizer.high - self.normalizer.low))
+            else:
+                result[z] = self.normalizer.inverse(y, out_dtype)
+        return result[0] if a.ndim == 2 else result
+
+    # ------------------------------------------------------------------ persistence
+    def weights(self) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for prefix, module in (("F", self.F_swa), ("F_raw", self.F_raw), ("H", self.H)):
+            out.update({f"{prefix}.{k}": v for k, v in module.state_dict().items()})
+        return out
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write a checkpoint directory (resumable when this model came from :func:`train`)."""
+        if self.trainer is not None:
+            return self.trainer.save(path)
+        return ckpt.save_checkpoint(path, config=self.config, normalizer=self.normalizer, weights=self.weights(),
+                                    info=self.info)
+
+    def to(self, device: str | torch.device) -> Denoiser:
+        self.device = torch.device(device)
+        for m in (self.F_swa, self.F_raw, self.H):
+            m.to(self.device)
+        return self
+
+
+def train(clean: np.ndarray | Sequence[np.ndarray], noisy: np.ndarray | Sequence[np.ndarray],
+          config: Config | str | None = None, *, run_dir: str | os.PathLike | None = None,
+          device: str | torch.device = "cpu", resume: bool = False, progress: bool = True,
+          stop_at: int | None = None) -> Denoiser:
+    """Train ISCL on unpaired clean and noisy images.
+
+    Parameters
+    ----------
+    clean, noisy : a 2-D image, a (Z, H, W) stack, or a sequence of them; any real dtype, in the
+        images' own units. The pools must not show the same scenes (unpaired learning).
+    config : a :class:`~iscl.config.Config`, a preset name (``"paper"``, ``"cpu"``) or ``None`` (``cpu``).
+    run_dir : where the loss log and the checkpoint go (``None``: nothing is written).
+    resume : continue the run saved in ``run_dir``.
+    stop_at : stop after this step (< T) instead of T, e.g. to continue later with ``resume``.
+
+    Returns
+    -------
+    Denoiser
+    """
+    if config is None or isinstance(config, str):
+        config = preset(config or "cpu")
+    clean_s = _as_slices(clean, "clean")
+    noisy_s = _as_slices(noisy, "noisy")
+    if resume and run_dir is not None:
+        _, normalizer, _ = ckpt.read_checkpoint_config(Path(run_dir) / "checkpoint")
+    else:
+        normalizer = fit_normalizer(clean_s + noisy_s, config.normalization, seed=config.train.seed)
+    trainer = Trainer(config, [normalizer.forward(a) for a in clean_s], [normalizer.forward(a) for a in noisy_s],
+                      normalizer, run_dir=run_dir, device=device, resume=resume, progress=progress)
+    m = trainer.run(stop_at=stop_at)
+    model = Denoiser(config, normalizer, m.prediction_F("swa"), m.nets.F, m.nets.H, trainer.info(), m.device)
+    model.trainer = trainer
+    return model
+
+
+def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Denoiser:
+    """Load a checkpoint directory (or a run directory holding ``checkpoint/``) for prediction."""
+    config, normalizer, info = ckpt.read_checkpoint_config(path)
+    weights = ckpt.load_weights(path)
+    return Denoiser.from_weights(config, normalizer, weights, info, device, source=str(ckpt.resolve_checkpoint(path)))
+
+
+def denoise(model: Denoiser | str | os.PathLike, image: np.ndarray, **kwargs) -> np.ndarray:
+    """``load(model).denoise(image, **kwargs)`` for a path, or ``model.denoise(...)`` for a Denoiser."""
+    if not isinstance(model, Denoiser):
+        model = load(model)
+    return model.denoise(image, **kwargs)

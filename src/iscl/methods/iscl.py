@@ -1,0 +1,266 @@
+"""ISCL: five networks, the three sub-steps D → F/G → H, and the blended prediction (method.md §2–4)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from iscl import losses
+from iscl.config import NetworkConfig, TrainConfig
+from iscl.nn import Generator, NoiseExtractor, PatchDiscriminator, clamp_rho_
+from iscl.nn.layers import truncated_normal_init_
+from iscl.training.optim import Lookahead, make_radam, make_scheduler, make_swa, swa_should_update
+
+__all__ = ["ISCLNetworks", "ISCL", "NonFiniteLossError", "blend", "Prediction"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term became NaN or Inf; the message names the step and the term."""
+
+
+class ISCLNetworks(nn.Module):
+    """The five networks: F (noisy→clean), G (clean→noisy), H (noise extractor), D_X, D_Y.
+
+    With ``generator`` given, all weights are re-drawn from it (truncated normal, std ``init_std``),
+    so a seed fixes the initialisation without touching torch's global RNG.
+    """
+
+    def __init__(self, config: NetworkConfig | None = None, generator: torch.Generator | None = None,
+                 init_std: float = 0.05):
+        super().__init__()
+        c = config or NetworkConfig()
+        self.F = Generator(1, c.generator_width, c.generator_res_blocks)
+        self.G = Generator(1, c.generator_width, c.generator_res_blocks)
+        self.H = NoiseExtractor(c.extractor_width, c.extractor_layers)
+        self.D_X = PatchDiscriminator(c.discriminator_width)
+        self.D_Y = PatchDiscriminator(c.discriminator_width)
+        for name in ("F", "G", "H", "D_X", "D_Y"):
+            _init(getattr(self, name), init_std, generator)
+
+
+def _init(module: nn.Module, std: float, generator: torch.Generator | None) -> None:
+    if generator is None:
+        truncated_normal_init_(module, std)
+        return
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.trunc_normal_(m.weight, 0.0, std, -2 * std, 2 * std, generator=generator)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+@contextlib.contextmanager
+def frozen(*modules: nn.Module) -> Iterator[None]:
+    """Temporarily set ``requires_grad=False`` on every parameter of ``modules``.
+
+    Gradients still flow *through* them to earlier networks, but no weight gradients are computed
+    (about a third of the discriminators' backward cost in the F/G step).
+    """
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+@dataclass
+class Prediction:
+    """Outputs of :func:`blend`, all (N, 1, H, W) on [-1, 1] units.
+
+    ``denoised`` = clip(γ F(x) + (1-γ)(x - H(x)), -1, 1); ``generator`` = F(x); ``bypass`` = x - H(x)
+    (not clipped); ``noise`` = H(x).
+    """
+
+    denoised: torch.Tensor
+    generator: torch.Tensor
+    bypass: torch.Tensor
+    noise: torch.Tensor
+
+
+@torch.no_grad()
+def blend(F_net: nn.Module, H_net: nn.Module, x: torch.Tensor, gamma: float = 0.5) -> Prediction:
+    """ISCL prediction (method.md §4). ``x``: (N, 1, H, W) on [-1, 1]. Separate passes of F and H.
+
+    As in the original, BIN uses the statistics of the batch it is given, so call it with one image
+    per batch to get per-image results independent of the other images.
+    """
+    f = F_net(x)
+    noise = H_net(x)
+    bypass = x - noise
+    denoised = (gamma * f + (1.0 - gamma) * bypass).clamp_(-1.0, 1.0)
+    return Prediction(denoised=denoised, generator=f, bypass=bypass, noise=noise)
+
+
+class ISCL:
+    """ISCL training state: networks, optimizers, LR schedules, Lookahead, SWA, and the step count.
+
+    One :meth:`train_step` runs the D step, then the F/G step, then the H step, each with one
+    optimizer update on the same batch, exactly in the official order.
+
+    Parameters
+    ----------
+    network : architecture.
+    train : schedule; ``train.steps`` is T for the LR decay and the SWA start.
+    device : where the networks live.
+    generator : seeded ``torch.Generator`` for the weight initialisation.
+    """
+
+    def __init__(self, network: NetworkConfig, train: TrainConfig, device: str | torch.device = "cpu",
+                 generator: torch.Generator | None = None):
+        self.train_config = train
+        self.device = torch.device(device)
+        self.nets = ISCLNetworks(network, generator, train.init_std).to(self.device)
+        n = self.nets
+        t = train
+        self.opt_fg = make_radam([*n.F.parameters(), *n.G.parameters()], t.lr, t.betas, t.eps)
+        self.opt_d = Lookahead(make_radam([*n.D_X.parameters(), *n.D_Y.parameters()], t.lr, t.betas, t.eps),
+                               t.lookahead_k, t.lookahead_alpha)
+        self.opt_h = Lookahead(make_radam(n.H.parameters(), t.lr, t.betas, t.eps), t.lookahead_k, t.lookahead_alpha)
+        self.sched_fg = make_scheduler(self.opt_fg, t.steps, t.lr, t.min_lr)
+        self.sched_d = make_scheduler(self.opt_d.optimizer, t.steps, t.lr, t.min_lr)
+        self.sched_h = make_scheduler(self.opt_h.optimizer, t.steps, t.lr, t.min_lr)
+        self.swa_F = make_swa(n.F)
+        self.swa_G = make_swa(n.G)
+        self.step = 0  # completed training steps
+
+    # ------------------------------------------------------------------ sub-steps
+    def d_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Hinge loss for D_X and D_Y plus boosting; F, G, H are evaluated without gradients."""
+        n = self.nets
+        with torch.no_grad():
+            f_x = n.F(x)
+            g_y = n.G(y)
+            h_x = n.H(x)
+            pseudo_clean = x - h_x
+            pseudo_noisy = y + h_x
+        d_noisy = losses.hinge_discriminator(n.D_X(x), n.D_X(g_y))
+        d_clean = losses.hinge_discriminator(n.D_Y(y), n.D_Y(f_x))
+        boost = losses.boosting(n.D_X(pseudo_noisy), n.D_Y(pseudo_clean))
+        total = d_noisy + d_clean + boost
+        self._check(dict(d_noisy=d_noisy, d_clean=d_clean, d_boosting=boost))
+        self.opt_d.zero_grad()
+        total.backward()
+        self.opt_d.step()
+        clamp_rho_(n.D_X)
+        clamp_rho_(n.D_Y)
+        self.sched_d.step()
+        return {"d_noisy": d_noisy, "d_clean": d_clean, "d_boosting": boost, "d_total": total}
+
+    def fg_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Adversarial + λ (cycle + bypass) for F and G; D is in the graph but frozen, H has no grad."""
+        n = self.nets
+        with torch.no_grad():
+            h_x = n.H(x)
+        pseudo_clean = x - h_x
+        pseudo_noisy = y + h_x
+        with frozen(n.D_X, n.D_Y):
+            f_x = n.F(x)
+            g_y = n.G(y)
+            f_pseudo_noisy = n.F(pseudo_noisy)
+            x_cycled = n.G(f_x)
+            y_cycled = n.F(g_y)
+            adv_clean = losses.adversarial_generator(n.D_Y(f_x))
+            adv_noisy = losses.adversarial_generator(n.D_X(g_y))
+            cycle = losses.cycle_consistency(x, x_cycled, y, y_cycled)
+            bypass = losses.bypass_consistency(f_x, pseudo_clean, y, f_pseudo_noisy)
+            total = adv_noisy + adv_clean + self.train_config.cycle_weight * (cycle + bypass)
+            self._check(dict(g_adv_noisy=adv_noisy, g_adv_clean=adv_clean, g_cycle=cycle, g_bypass=bypass))
+            self.opt_fg.zero_grad()
+            total.backward()
+        self.opt_fg.step()
+        clamp_rho_(n.F)
+        clamp_rho_(n.G)
+        self.sched_fg.step()
+        if swa_should_update(self.step + 1, self.train_config.steps, self.train_config.swa_start):
+            self.swa_F.update_parameters(n.F)
+            self.swa_G.update_parameters(n.G)
+        return {"g_adv_noisy": adv_noisy, "g_adv_clean": adv_clean, "g_cycle": cycle, "g_bypass": bypass,
+                "g_total": total}
+
+    def h_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Pseudo-noise label + noise consistency for H, with the just-updated F and G (no grad)."""
+        n = self.nets
+        with torch.no_grad():
+            f_x = n.F(x)
+            g_y = n.G(y)
+        pseudo = losses.pseudo_noise(n.H(x), x, f_x)
+        consistency = losses.noise_consistency(n.H(g_y), g_y, y)
+        total = pseudo + consistency
+        self._check(dict(h_pseudo_noise=pseudo, h_noise_consistency=consistency))
+        self.opt_h.zero_grad()
+        total.backward()
+        self.opt_h.step()
+        clamp_rho_(n.H)
+        self.sched_h.step()
+        return {"h_pseudo_noise": pseudo, "h_noise_consistency": consistency, "h_total": total}
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """One ISCL step on a noisy batch ``x`` and an unrelated clean batch ``y``, both (B, 1, P, P).
+
+        Returns every loss term and the learning rate of each optimizer for this update, as floats.
+        """
+        lrs = {"lr_d": self.opt_d.param_groups[0]["lr"], "lr_fg": self.opt_fg.param_groups[0]["lr"],
+               "lr_h": self.opt_h.param_groups[0]["lr"]}
+        out: dict[str, Any] = {}
+        out.update(self.d_step(x, y))
+        out.update(self.fg_step(x, y))
+        out.update(self.h_step(x, y))
+        self.step += 1
+        result = {k: float(v.detach()) for k, v in out.items()}
+        result.update(lrs)
+        return result
+
+    def _check(self, terms: dict[str, torch.Tensor]) -> None:
+        values = torch.stack([v.detach().float() for v in terms.values()])
+        if not bool(torch.isfinite(values).all()):
+            bad = [k for k, v in zip(terms, values.tolist()) if not torch.isfinite(torch.tensor(v))]
+            raise NonFiniteLossError(
+                f"non-finite loss at step {self.step + 1}: {', '.join(bad)} = "
+                f"{', '.join(str(terms[k].item()) for k in bad)}; lower the learning rate or check the input data"
+            )
+
+    # ------------------------------------------------------------------ prediction weights
+    @property
+    def swa_snapshots(self) -> int:
+        return int(self.swa_F.n_averaged.item())
+
+    def prediction_F(self, weights: str = "swa") -> nn.Module:
+        """The F used for prediction: the SWA average (when it has any snapshot) or the raw weights."""
+        if weights == "swa" and self.swa_snapshots > 0:
+            return self.swa_F.module
+        return self.nets.F
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed for an exact resume (tensors, numbers and plain containers only)."""
+        return {
+            "step": self.step,
+            "nets": self.nets.state_dict(),
+            "swa_F": self.swa_F.state_dict(),
+            "swa_G": self.swa_G.state_dict(),
+            "opt_fg": self.opt_fg.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "opt_h": self.opt_h.state_dict(),
+            "sched_fg": self.sched_fg.state_dict(),
+            "sched_d": self.sched_d.state_dict(),
+            "sched_h": self.sched_h.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.nets.load_state_dict(state["nets"])
+        self.swa_F.load_state_dict(state["swa_F"])
+        self.swa_G.load_state_dict(state["swa_G"])
+        self.opt_fg.load_state_dict(state["opt_fg"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.opt_h.load_state_dict(state["opt_h"])
+        for name in ("sched_fg", "sched_d", "sched_h"):
+            getattr(self, name).load_state_dict(state[name])
+        self.step = int(state["step"])

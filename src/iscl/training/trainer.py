@@ -1,0 +1,154 @@
+"""The ISCL training loop: unpaired patch streams, logging, checkpoints and exact resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from iscl.config import Config
+from iscl.data.normalize import Normalizer
+from iscl.data.patches import PatchSampler
+from iscl.methods.iscl import ISCL
+from iscl.training import checkpoint as ckpt
+
+__all__ = ["Trainer", "LOG_FILE", "CHECKPOINT_DIR"]
+
+LOG_FILE = "log.jsonl"
+CHECKPOINT_DIR = "checkpoint"
+
+# the loss terms shown on the progress bar (all terms go to the log)
+_BAR_TERMS = {"d_total": "D", "g_cycle": "cyc", "g_bypass": "byp", "h_total": "H"}
+
+
+class Trainer:
+    """Trains ISCL on two unrelated image collections.
+
+    Parameters
+    ----------
+    config : the run's configuration (``config.train.steps`` is T).
+    clean, noisy : sequences of 2-D float32 arrays (H_i, W_i) **already normalized** to [-1, 1] with
+        ``normalizer``; the two pools are unpaired (no image of one is the scene of the other).
+    normalizer : the mapping used, stored in every checkpoint.
+    run_dir : where ``log.jsonl`` (one JSON object per step: every loss term, learning rates,
+        seconds) and ``checkpoint/`` go; ``None`` keeps everything in memory.
+    device : torch device.
+    resume : continue from ``run_dir/checkpoint`` (its config must match).
+    progress : show a progress bar.
+    """
+
+    def __init__(self, config: Config, clean: Sequence[np.ndarray], noisy: Sequence[np.ndarray],
+                 normalizer: Normalizer, *, run_dir: str | os.PathLike | None = None,
+                 device: str | torch.device = "cpu", resume: bool = False, progress: bool = True):
+        self.config = config
+        self.normalizer = normalizer
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.progress = progress
+        t = config.train
+        self.clean = PatchSampler(clean, t.patch_size, t.augment, seed=t.seed, stream=0)
+        self.noisy = PatchSampler(noisy, t.patch_size, t.augment, seed=t.seed, stream=1)
+        init_rng = torch.Generator().manual_seed(t.seed)
+        self.model = ISCL(config.network, t, device=device, generator=init_rng)
+        self.device = self.model.device
+        if resume:
+            self._resume()
+
+    # ------------------------------------------------------------------ resume
+    def _resume(self) -> None:
+        if self.run_dir is None:
+            raise ValueError("resume=True needs a run_dir")
+        saved_config, _, _ = ckpt.read_checkpoint_config(self.run_dir / CHECKPOINT_DIR)
+        mine = self.config.model_dump(mode="json")
+        theirs = saved_config.model_dump(mode="json")
+        for section in ("network", "train"):
+            # checkpoint_every may change between runs; everything else shapes the trajectory
+            a = {k: v for k, v in mine[section].items() if k != "checkpoint_every"}
+            b = {k: v for k, v in theirs[section].items() if k != "checkpoint_every"}
+            if a != b:
+                diff = sorted(k for k in a if a[k] != b.get(k))
+                raise ckpt.CheckpointError(
+                    f"{self.run_dir}: cannot resume, the {section} settings differ from the saved run ({', '.join(diff)})"
+                )
+        state = ckpt.load_train_state(self.run_dir / CHECKPOINT_DIR, map_location=self.device)
+        self.model.load_state_dict(state["iscl"])
+        self.clean.load_state_dict(state["sampler_clean"])
+        self.noisy.load_state_dict(state["sampler_noisy"])
+        self._truncate_log(self.model.step)
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop log lines written after the checkpoint we resume from (they will be recomputed)."""
+        log = self.run_dir / LOG_FILE  # type: ignore[operator]
+        if not log.exists():
+            return
+        kept = [ln for ln in log.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        log.write_text("".join(ln + "\n" for ln in kept))
+
+    # ------------------------------------------------------------------ checkpoints
+    def prediction_weights(self) -> dict[str, torch.Tensor]:
+        """``F.*`` (SWA average if it has snapshots, else raw), ``F_raw.*`` and ``H.*``."""
+        m = self.model
+        out: dict[str, torch.Tensor] = {}
+        for prefix, module in (("F", m.prediction_F("swa")), ("F_raw", m.nets.F), ("H", m.nets.H)):
+            out.update({f"{prefix}.{k}": v for k, v in module.state_dict().items()})
+        return out
+
+    def info(self) -> dict[str, Any]:
+        m = self.model
+        return {"step": m.step, "total_steps": self.config.train.steps, "swa_snapshots": m.swa_snapshots,
+                "F_weights": "swa" if m.swa_snapshots > 0 else "raw (no SWA snapshot yet)",
+                "patches_per_epoch": {"clean": len(self.clean), "noisy": len(self.noisy)}}
+
+    def save(self, path: str | os.PathLike | None = None) -> Path:
+        """Write a resumable checkpoint (default ``run_dir/checkpoint``)."""
+        if path is None:
+            if self.run_dir is None:
+                raise ValueError("save() needs a path when the trainer has no run_dir")
+            path = self.run_dir / CHECKPOINT_DIR
+        state = {"iscl": self.model.state_dict(), "sampler_clean": self.clean.state_dict(),
+                 "sampler_noisy": self.noisy.state_dict()}
+        return ckpt.save_checkpoint(path, config=self.config, normalizer=self.normalizer,
+                                    weights=self.prediction_weights(), info=self.info(), train_state=state)
+
+    # ------------------------------------------------------------------ loop
+    def run(self, stop_at: int | None = None) -> ISCL:
+        """Train until step ``T`` (or ``stop_at`` < T, e.g. to split a run), then save a checkpoint.
+
+        Raises :class:`~iscl.methods.iscl.NonFiniteLossError` (naming the step and the loss term)
+        on NaN/Inf; the last periodic checkpoint is kept untouched.
+        """
+        t = self.config.train
+        end = t.steps if stop_at is None else min(int(stop_at), t.steps)
+        log_fh = None
+        if self.run_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            log_fh = open(self.run_dir / LOG_FILE, "a", buffering=1)
+        bar = tqdm(total=t.steps, initial=self.model.step, disable=not self.progress, unit="step",
+                   dynamic_ncols=True, desc="ISCL")
+        try:
+            while self.model.step < end:
+                t0 = time.perf_counter()
+                x = torch.from_numpy(self.noisy.next_batch(t.batch_size)).to(self.device, non_blocking=True)
+                y = torch.from_numpy(self.clean.next_batch(t.batch_size)).to(self.device, non_blocking=True)
+                record = self.model.train_step(x, y)
+                record = {"step": self.model.step, **record, "seconds": time.perf_counter() - t0}
+                if log_fh is not None:
+                    log_fh.write(json.dumps(record) + "\n")
+                bar.update(1)
+                bar.set_postfix({short: f"{record[k]:.3f}" for k, short in _BAR_TERMS.items()}, refresh=False)
+                every = t.checkpoint_every
+                if self.run_dir is not None and every and self.model.step % every == 0 and self.model.step < end:
+                    self.save()
+        finally:
+            bar.close()
+            if log_fh is not None:
+                log_fh.close()
+        if self.run_dir is not None:
+            self.save()
+        return self.model

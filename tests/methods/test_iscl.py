@@ -1,0 +1,98 @@
+"""The three ISCL sub-steps: who is updated, rho stays in [0, 1], and the D → F/G → H order."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from iscl.methods.iscl import ISCL, NonFiniteLossError, blend
+from iscl.nn import BatchInstanceNorm
+
+NETS = ("F", "G", "H", "D_X", "D_Y")
+
+
+def snapshot(model: ISCL) -> dict[str, list[torch.Tensor]]:
+    return {name: [p.detach().clone() for p in getattr(model.nets, name).parameters()] for name in NETS}
+
+
+def changed(before, model: ISCL) -> set[str]:
+    out = set()
+    for name in NETS:
+        now = list(getattr(model.nets, name).parameters())
+        if any(not torch.equal(a, b) for a, b in zip(before[name], now)):
+            out.add(name)
+    return out
+
+
+@pytest.fixture
+def model_and_batch(tiny_config):
+    torch.manual_seed(0)
+    m = ISCL(tiny_config.network, tiny_config.train, generator=torch.Generator().manual_seed(0))
+    x = torch.rand(2, 1, 64, 64) * 2 - 1
+    y = torch.rand(2, 1, 64, 64) * 2 - 1
+    return m, x, y
+
+
+@pytest.mark.parametrize(("step", "owners"), [("d_step", {"D_X", "D_Y"}), ("fg_step", {"F", "G"}), ("h_step", {"H"})])
+def test_each_substep_changes_only_its_networks(model_and_batch, step, owners):
+    m, x, y = model_and_batch
+    before = snapshot(m)
+    getattr(m, step)(x, y)
+    assert changed(before, m) == owners
+    # frozen networks must not even collect gradients they would later apply
+    for name in set(NETS) - owners:
+        assert all(p.grad is None for p in getattr(m.nets, name).parameters())
+
+
+def test_rho_is_clamped_to_unit_interval(model_and_batch):
+    m, x, y = model_and_batch
+    with torch.no_grad():  # push every rho out of range; one step of each optimizer must bring it back
+        for i, norm in enumerate(n for n in m.nets.modules() if isinstance(n, BatchInstanceNorm)):
+            norm.rho.fill_(1.7 if i % 2 else -0.4)
+    m.train_step(x, y)
+    rhos = torch.cat([n.rho.detach() for n in m.nets.modules() if isinstance(n, BatchInstanceNorm)])
+    assert rhos.min() >= 0.0 and rhos.max() <= 1.0
+
+
+def test_train_step_runs_d_then_fg_then_h(model_and_batch, tiny_config):
+    m, x, y = model_and_batch
+    manual = ISCL(tiny_config.network, tiny_config.train, generator=torch.Generator().manual_seed(0))
+    record = m.train_step(x, y)
+    d = manual.d_step(x, y)
+    g = manual.fg_step(x, y)
+    h = manual.h_step(x, y)
+    for name, value in {**d, **g, **h}.items():
+        assert record[name] == pytest.approx(float(value.detach()), abs=1e-6), name
+    for a, b in zip(m.nets.parameters(), manual.nets.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert m.step == 1
+    assert set(record) >= {"d_noisy", "d_clean", "d_boosting", "g_adv_noisy", "g_adv_clean", "g_cycle", "g_bypass",
+                           "h_pseudo_noise", "h_noise_consistency", "lr_d", "lr_fg", "lr_h"}
+
+
+def test_h_step_uses_updated_generators(model_and_batch):
+    # pseudo-noise label must come from F *after* the F/G update of the same step
+    m, x, y = model_and_batch
+    m.d_step(x, y)
+    m.fg_step(x, y)
+    with torch.no_grad():
+        expected = (m.nets.H(x) - (x - m.nets.F(x))).abs().mean().item()
+    assert m.h_step(x, y)["h_pseudo_noise"].item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_non_finite_loss_names_step_and_term(model_and_batch):
+    m, x, y = model_and_batch
+    x = x.clone()
+    x[0, 0, 0, 0] = float("nan")
+    with pytest.raises(NonFiniteLossError, match=r"step 1: .*d_noisy"):
+        m.train_step(x, y)
+
+
+def test_blend_prediction_formula(model_and_batch):
+    m, x, _ = model_and_batch
+    p = blend(m.nets.F, m.nets.H, x[:1], gamma=0.3)
+    with torch.no_grad():
+        f, h = m.nets.F(x[:1]), m.nets.H(x[:1])
+    assert torch.allclose(p.generator, f) and torch.allclose(p.noise, h)
+    assert torch.allclose(p.bypass, x[:1] - h)
+    assert torch.allclose(p.denoised, (0.3 * f + 0.7 * (x[:1] - h)).clamp(-1, 1))
