@@ -93,7 +93,8 @@ class Denoiser:
                 detail = (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected
                           else f"shape of {prefix}.{bad[0]} is {tuple(sub[bad[0]].shape)}, expected "
                           f"{tuple(expected[bad[0]].shape)}")
-                raise ckpt.CheckpointError(f"{source}: weights of {prefix} do not match the configured architecture ({detail})")
+                raise ckpt.CheckpointError(
+                    f"{source}: weights of {prefix} do not match the configured architecture ({detail})")
             module.load_state_dict(sub)
         return cls(config, normalizer, F_swa, F_raw, H, info, device)
 

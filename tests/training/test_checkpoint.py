@@ -27,7 +27,8 @@ def test_save_load_gives_bit_identical_predictions(tiny_pair, tiny_config, tmp_p
             assert np.array_equal(a, b), (output, weights)
     config, normalizer, info = read_checkpoint_config(path)
     assert config == tiny_config and normalizer == model.normalizer
-    assert info["step"] == tiny_config.train.steps and info["swa_snapshots"] == 3  # int(0.6·6) = 3 → snapshots after updates 4, 5, 6
+    # int(0.6·6) = 3 → SWA snapshots after updates 4, 5, 6
+    assert info["step"] == tiny_config.train.steps and info["swa_snapshots"] == 3
 
 
 def _all_params(model) -> list[torch.Tensor]:

@@ -74,7 +74,8 @@ class Trainer:
             if a != b:
                 diff = sorted(k for k in a if a[k] != b.get(k))
                 raise ckpt.CheckpointError(
-                    f"{self.run_dir}: cannot resume, the {section} settings differ from the saved run ({', '.join(diff)})"
+                    f"{self.run_dir}: cannot resume, the {section} settings differ from the saved run "
+                    f"({', '.join(diff)})"
                 )
         state = ckpt.load_train_state(self.run_dir / CHECKPOINT_DIR, map_location=self.device)
         self.model.load_state_dict(state["iscl"])
