@@ -451,6 +451,7 @@ def _tiff_log() -> Iterator[_TiffLog]:
 
 def _tiff_corrupt(path: PathLike, exc_or_text: BaseException | str) -> ImageReadError:
     text = exc_or_text if isinstance(exc_or_text, str) else _describe_exc(exc_or_text)
+    text = re.sub(r"<tifffile\.[^>]*>\s*", "", text)  # drop object reprs from tifffile's log lines
     return ImageReadError(path, f"corrupt or truncated TIFF ({text})")
 
 
