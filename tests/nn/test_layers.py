@@ -116,3 +116,19 @@ def test_bin_uses_batch_statistics_no_running_stats():
     assert torch.equal(a, norm(x))
     # one image vs. the same image inside a batch: different statistics, different output
     assert not torch.allclose(norm(x[:1]), a[:1], atol=1e-3)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 16, 16), (3, 4, 1, 1)])
+def test_inplace_prediction_path_equals_autograd_path(shape):
+    torch.manual_seed(0)
+    norm = BatchInstanceNorm(shape[1], inplace=True)
+    with torch.no_grad():
+        norm.rho.uniform_(0, 1)
+        norm.gamma.uniform_(0.5, 2)
+    h = torch.randn(shape) * 2 + 0.7
+    h0 = h.clone()
+    with_grad = norm(h)  # grad enabled: out of place
+    with torch.no_grad():
+        inplace = norm(h.clone())
+    torch.testing.assert_close(inplace, with_grad.detach(), atol=2e-5, rtol=1e-5)
+    assert torch.equal(h, h0)  # the autograd path left its input alone

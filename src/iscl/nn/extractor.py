@@ -27,9 +27,9 @@ class NoiseExtractor(nn.Module):
         super().__init__()
         if n_layers < 2:
             raise ValueError(f"NoiseExtractor needs n_layers >= 2, got {n_layers}")
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, padding=1), nn.LeakyReLU(LEAKY_SLOPE)]
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, padding=1), nn.LeakyReLU(LEAKY_SLOPE, inplace=True)]
         for _ in range(n_layers - 2):
-            layers += [nn.Conv2d(width, width, 3, padding=1), BatchInstanceNorm(width), nn.LeakyReLU(LEAKY_SLOPE)]
+            layers += [nn.Conv2d(width, width, 3, padding=1), BatchInstanceNorm(width, inplace=True), nn.LeakyReLU(LEAKY_SLOPE, inplace=True)]
         layers.append(nn.Conv2d(width, in_channels, 3, padding=1))
         self.body = nn.Sequential(*layers)
         truncated_normal_init_(self)

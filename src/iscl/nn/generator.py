@@ -21,9 +21,9 @@ class _ConvNormAct(nn.Sequential):
         layers: list[nn.Module] = []
         if pad:
             layers.append(SymmetricPad2d(pad))
-        layers += [nn.Conv2d(cin, cout, kernel, stride=stride), BatchInstanceNorm(cout)]
+        layers += [nn.Conv2d(cin, cout, kernel, stride=stride), BatchInstanceNorm(cout, inplace=True)]
         if act:
-            layers.append(nn.LeakyReLU(LEAKY_SLOPE))
+            layers.append(nn.LeakyReLU(LEAKY_SLOPE, inplace=True))
         super().__init__(*layers)
 
 
@@ -38,7 +38,9 @@ class ResidualBlock(nn.Module):
         )
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return h + self.body(h)
+        if torch.is_grad_enabled():
+            return h + self.body(h)
+        return self.body(h).add_(h)  # prediction: no new full-size tensor
 
 
 class Generator(nn.Module):
@@ -71,11 +73,11 @@ class Generator(nn.Module):
         self.blocks = nn.Sequential(*[ResidualBlock(4 * w) for _ in range(n_res)])
         self.decoder = nn.Sequential(
             ConvTranspose2dSame(4 * w, 2 * w, 3, 2),
-            BatchInstanceNorm(2 * w),
-            nn.LeakyReLU(LEAKY_SLOPE),
+            BatchInstanceNorm(2 * w, inplace=True),
+            nn.LeakyReLU(LEAKY_SLOPE, inplace=True),
             ConvTranspose2dSame(2 * w, w, 3, 2),
-            BatchInstanceNorm(w),
-            nn.LeakyReLU(LEAKY_SLOPE),
+            BatchInstanceNorm(w, inplace=True),
+            nn.LeakyReLU(LEAKY_SLOPE, inplace=True),
         )
         self.head = nn.Conv2d(w, out_channels, 7)
         truncated_normal_init_(self)

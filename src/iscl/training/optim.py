@@ -34,7 +34,8 @@ class LinearDecay:
 
 def make_radam(params: Iterable[nn.Parameter], lr: float, betas: tuple[float, float], eps: float) -> torch.optim.RAdam:
     """``torch.optim.RAdam`` matching tfa's RectifiedAdam update (no weight decay, no warm-up)."""
-    return torch.optim.RAdam(list(params), lr=lr, betas=betas, eps=eps)
+    # foreach: one fused kernel per op over all tensors (on CPU torch defaults to a per-tensor loop)
+    return torch.optim.RAdam(list(params), lr=lr, betas=betas, eps=eps, foreach=True)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, lr: float, min_lr: float) -> LambdaLR:
