@@ -26,6 +26,7 @@ from iscl.config import Config, NetworkConfig, preset
 from iscl.data.normalize import Normalizer, fit_normalizer
 from iscl.methods.iscl import blend
 from iscl.nn import Generator, NoiseExtractor
+from iscl.predict import predict_image
 from iscl.training import checkpoint as ckpt
 from iscl.training.trainer import Trainer
 
@@ -121,35 +122,53 @@ class Denoiser:
             raise ValueError(f"output must be one of denoised, generator, bypass, noise; got {output!r}")
         return blend(F_net, self.H, x, gamma).denoised
 
+    def predict(self, image: np.ndarray, *, outputs: Sequence[Output] = ("denoised",), gamma: float | None = None,
+                weights: Literal["swa", "raw"] | None = None, tile: int | None = None, overlap: int = 32,
+                passes: int = 3, on_tile=None) -> dict[str, np.ndarray]:
+        """Several outputs for one 2-D image (H, W), in the image's units.
+
+        ``denoised``/``generator``/``bypass`` come back in the input's dtype (integers rounded and
+        clipped to the dtype's range); ``noise`` (H's noise map) as float32 in image units.
+        ``tile``/``overlap``/``passes``: tiled prediction with whole-image BIN statistics (see
+        :func:`iscl.predict.predict_image`); ``tile=None`` runs the whole image at once.
+        """
+        a = np.asarray(image)
+        if a.ndim != 2:
+            raise ValueError(f"predict: expected a 2-D image, got shape {a.shape}")
+        if min(a.shape) < 4:
+            raise ValueError(f"image of {a.shape[0]}x{a.shape[1]} pixels is too small (at least 4x4)")
+        if a.dtype.kind not in "uif":
+            raise TypeError(f"expected a real-valued image, got dtype {a.dtype}")
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise ValueError(f"image has {int((~np.isfinite(a)).sum())} NaN/Inf pixels; fix or mask them first")
+        which = weights or self.config.predict.weights
+        F_net = self.F_swa if which == "swa" else self.F_raw
+        gamma = self.config.predict.gamma if gamma is None else float(gamma)
+        norm = predict_image(F_net, self.H, self.normalizer.forward(a), gamma=gamma, outputs=tuple(outputs),
+                             tile=tile, overlap=overlap, passes=passes, device=self.device, on_tile=on_tile)
+        out: dict[str, np.ndarray] = {}
+        for k, v in norm.items():
+            if k == "noise":
+                out[k] = (v * (0.5 * (self.normalizer.high - self.normalizer.low))).astype(np.float32)
+            else:
+                out[k] = self.normalizer.inverse(v, a.dtype)
+        return out
+
     def denoise(self, image: np.ndarray, *, output: Output = "denoised", gamma: float | None = None,
-                weights: Literal["swa", "raw"] | None = None) -> np.ndarray:
+                weights: Literal["swa", "raw"] | None = None, tile: int | None = None, overlap: int = 32,
+                passes: int = 3) -> np.ndarray:
         """Denoise one image (H, W) or a stack (Z, H, W), slice by slice, one image per network call.
 
-        Returns an array of the input's shape. ``denoised``/``generator``/``bypass`` come back in the
-        input's units and dtype (integers rounded and clipped to the dtype's range); ``noise`` comes
-        back as float32 in image units. Sides need not be multiples of 4; the image must be at least
-        4×4.
+        Returns an array of the input's shape and dtype (``noise``: float32), see :meth:`predict`.
+        Sides need not be multiples of 4; the image must be at least 4×4.
         """
         a = np.asarray(image)
         if a.ndim not in (2, 3):
             raise ValueError(f"denoise: expected a 2-D image or a (Z, H, W) stack, got shape {a.shape}")
-        if min(a.shape[-2:]) < 4:
-            raise ValueError(f"denoise: image of {a.shape[-2]}x{a.shape[-1]} pixels is too small (at least 4x4)")
-        if a.dtype.kind not in "uif":
-            raise TypeError(f"denoise: expected a real-valued image, got dtype {a.dtype}")
-        slices = a[None] if a.ndim == 2 else a
-        out_dtype = np.float32 if output == "noise" else (a.dtype if a.dtype.kind in "ui" else a.dtype)
-        result = np.empty(slices.shape, dtype=out_dtype)
-        for z, sl in enumerate(slices):
-            if sl.dtype.kind == "f" and not np.isfinite(sl).all():
-                raise ValueError(f"denoise: slice {z} has {int((~np.isfinite(sl)).sum())} NaN/Inf pixels")
-            x = torch.from_numpy(self.normalizer.forward(sl))[None, None]
-            y = self.predict_normalized(x, output, gamma, weights)[0, 0].float().cpu().numpy()
-            if output == "noise":
-                result[z] = y * (0.5 * (self.normalizer.high - self.normalizer.low))
-            else:
-                result[z] = self.normalizer.inverse(y, out_dtype)
-        return result[0] if a.ndim == 2 else result
+        kw = dict(outputs=(output,), gamma=gamma, weights=weights, tile=tile, overlap=overlap, passes=passes)
+        if a.ndim == 2:
+            return self.predict(a, **kw)[output]
+        return np.stack([self.predict(sl, **kw)[output] for sl in a])
 
     # ------------------------------------------------------------------ persistence
     def weights(self) -> dict[str, torch.Tensor]:
@@ -175,7 +194,8 @@ class Denoiser:
 def train(clean: np.ndarray | Sequence[np.ndarray], noisy: np.ndarray | Sequence[np.ndarray],
           config: Config | str | None = None, *, run_dir: str | os.PathLike | None = None,
           device: str | torch.device = "cpu", resume: bool = False, progress: bool = True,
-          stop_at: int | None = None) -> Denoiser:
+          stop_at: int | None = None,
+          validation: tuple[Sequence[np.ndarray], Sequence[np.ndarray]] | None = None) -> Denoiser:
     """Train ISCL on unpaired clean and noisy images.
 
     Parameters
@@ -186,6 +206,8 @@ def train(clean: np.ndarray | Sequence[np.ndarray], noisy: np.ndarray | Sequence
     run_dir : where the loss log and the checkpoint go (``None``: nothing is written).
     resume : continue the run saved in ``run_dir``.
     stop_at : stop after this step (< T) instead of T, e.g. to continue later with ``resume``.
+    validation : optional paired (clean, noisy) images (same scenes, same units as training); their
+        PSNR is logged during training and the best model kept in ``run_dir/best``.
 
     Returns
     -------
@@ -199,8 +221,15 @@ def train(clean: np.ndarray | Sequence[np.ndarray], noisy: np.ndarray | Sequence
         _, normalizer, _ = ckpt.read_checkpoint_config(Path(run_dir) / "checkpoint")
     else:
         normalizer = fit_normalizer(clean_s + noisy_s, config.normalization, seed=config.train.seed)
+    val = None
+    if validation is not None:
+        vc, vn = _as_slices(validation[0], "validation clean"), _as_slices(validation[1], "validation noisy")
+        if len(vc) != len(vn) or any(a.shape != b.shape for a, b in zip(vc, vn)):
+            raise ValueError("validation: clean and noisy images must be pairs of the same scenes and shapes; got "
+                             f"{len(vc)} clean and {len(vn)} noisy")
+        val = ([normalizer.forward(a) for a in vc], [normalizer.forward(a) for a in vn])
     trainer = Trainer(config, [normalizer.forward(a) for a in clean_s], [normalizer.forward(a) for a in noisy_s],
-                      normalizer, run_dir=run_dir, device=device, resume=resume, progress=progress)
+                      normalizer, run_dir=run_dir, device=device, resume=resume, progress=progress, validation=val)
     m = trainer.run(stop_at=stop_at)
     model = Denoiser(config, normalizer, m.prediction_F("swa"), m.nets.F, m.nets.H, trainer.info(), m.device)
     model.trainer = trainer

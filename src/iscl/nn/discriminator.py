@@ -28,8 +28,10 @@ class PatchDiscriminator(nn.Module):
         w = width
         layers: list[nn.Module] = [Conv2dSame(in_channels, w, 4, 2), nn.LeakyReLU(LEAKY_SLOPE, inplace=True)]
         for cin, cout in ((w, 2 * w), (2 * w, 4 * w), (4 * w, 8 * w)):
-            layers += [Conv2dSame(cin, cout, 4, 2), BatchInstanceNorm(cout, inplace=True), nn.LeakyReLU(LEAKY_SLOPE, inplace=True)]
-        layers += [nn.Conv2d(8 * w, 16 * w, 4), BatchInstanceNorm(16 * w, inplace=True), nn.LeakyReLU(LEAKY_SLOPE, inplace=True)]
+            layers += [Conv2dSame(cin, cout, 4, 2), BatchInstanceNorm(cout, inplace=True),
+                       nn.LeakyReLU(LEAKY_SLOPE, inplace=True)]
+        layers += [nn.Conv2d(8 * w, 16 * w, 4), BatchInstanceNorm(16 * w, inplace=True),
+                   nn.LeakyReLU(LEAKY_SLOPE, inplace=True)]
         layers.append(nn.Conv2d(16 * w, 1, 1))
         self.body = nn.Sequential(*layers)
         truncated_normal_init_(self)

@@ -29,7 +29,8 @@ class NoiseExtractor(nn.Module):
             raise ValueError(f"NoiseExtractor needs n_layers >= 2, got {n_layers}")
         layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, padding=1), nn.LeakyReLU(LEAKY_SLOPE, inplace=True)]
         for _ in range(n_layers - 2):
-            layers += [nn.Conv2d(width, width, 3, padding=1), BatchInstanceNorm(width, inplace=True), nn.LeakyReLU(LEAKY_SLOPE, inplace=True)]
+            layers += [nn.Conv2d(width, width, 3, padding=1), BatchInstanceNorm(width, inplace=True),
+                       nn.LeakyReLU(LEAKY_SLOPE, inplace=True)]
         layers.append(nn.Conv2d(width, in_channels, 3, padding=1))
         self.body = nn.Sequential(*layers)
         truncated_normal_init_(self)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
+
 import torch
 from torch import nn
 
-__all__ = ["BatchInstanceNorm", "clamp_rho_"]
+__all__ = ["BatchInstanceNorm", "clamp_rho_", "statistics_override"]
 
 
 class BatchInstanceNorm(nn.Module):
@@ -35,11 +38,15 @@ class BatchInstanceNorm(nn.Module):
         self.channels = channels
         self.eps = eps
         self.inplace = inplace
+        # set by statistics_override(): a callable (layer, h) -> output replacing the normalization
+        self.override: Callable[[BatchInstanceNorm, torch.Tensor], torch.Tensor] | None = None
         self.gamma = nn.Parameter(torch.ones(channels))
         self.beta = nn.Parameter(torch.zeros(channels))
         self.rho = nn.Parameter(torch.ones(channels))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self.override is not None:
+            return self.override(self, h)
         if self.inplace and not torch.is_grad_enabled() and h.dtype == torch.float32:
             return self._forward_inplace(h)
         stats_dtype = torch.float32 if h.dtype in (torch.float16, torch.bfloat16) else h.dtype
@@ -80,3 +87,22 @@ def clamp_rho_(module: nn.Module) -> None:
     for m in module.modules():
         if isinstance(m, BatchInstanceNorm):
             m.rho.clamp_(0.0, 1.0)
+
+
+@contextlib.contextmanager
+def statistics_override(
+    module: nn.Module, fn: Callable[[BatchInstanceNorm, torch.Tensor], torch.Tensor]
+) -> Iterator[list[BatchInstanceNorm]]:
+    """Route every BatchInstanceNorm of ``module`` through ``fn(layer, h)`` inside the block.
+
+    Used by tiled prediction to normalize tiles with whole-image statistics. Yields the layers in
+    forward order.
+    """
+    layers = [m for m in module.modules() if isinstance(m, BatchInstanceNorm)]
+    for m in layers:
+        m.override = fn
+    try:
+        yield layers
+    finally:
+        for m in layers:
+            m.override = None

@@ -19,10 +19,11 @@ from iscl.data.patches import PatchSampler
 from iscl.methods.iscl import ISCL
 from iscl.training import checkpoint as ckpt
 
-__all__ = ["Trainer", "LOG_FILE", "CHECKPOINT_DIR"]
+__all__ = ["Trainer", "LOG_FILE", "CHECKPOINT_DIR", "BEST_DIR"]
 
 LOG_FILE = "log.jsonl"
 CHECKPOINT_DIR = "checkpoint"
+BEST_DIR = "best"
 
 # the loss terms shown on the progress bar (all terms go to the log)
 _BAR_TERMS = {"d_total": "D", "g_cycle": "cyc", "g_bypass": "byp", "h_total": "H"}
@@ -42,12 +43,21 @@ class Trainer:
     device : torch device.
     resume : continue from ``run_dir/checkpoint`` (its config must match).
     progress : show a progress bar.
+    validation : optional paired (clean, noisy) lists of 2-D arrays normalized like the training
+        data; every ``validate_every`` steps their mean PSNR (on the normalized [-1, 1] scale, which
+        equals PSNR in image units with data range high - low) is logged as ``val_psnr``, and the best
+        model is kept in ``run_dir/best``.
     """
 
     def __init__(self, config: Config, clean: Sequence[np.ndarray], noisy: Sequence[np.ndarray],
                  normalizer: Normalizer, *, run_dir: str | os.PathLike | None = None,
-                 device: str | torch.device = "cpu", resume: bool = False, progress: bool = True):
+                 device: str | torch.device = "cpu", resume: bool = False, progress: bool = True,
+                 validation: tuple[Sequence[np.ndarray], Sequence[np.ndarray]] | None = None,
+                 validate_every: int | None = None):
         self.config = config
+        self.validation = validation
+        self.validate_every = validate_every or max(1, config.train.steps // 20)
+        self.best_psnr = -np.inf
         self.normalizer = normalizer
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.progress = progress
@@ -79,6 +89,7 @@ class Trainer:
                 )
         state = ckpt.load_train_state(self.run_dir / CHECKPOINT_DIR, map_location=self.device)
         self.model.load_state_dict(state["iscl"])
+        self.best_psnr = float(state.get("best_psnr", -np.inf))
         self.clean.load_state_dict(state["sampler_clean"])
         self.noisy.load_state_dict(state["sampler_noisy"])
         self._truncate_log(self.model.step)
@@ -113,9 +124,21 @@ class Trainer:
                 raise ValueError("save() needs a path when the trainer has no run_dir")
             path = self.run_dir / CHECKPOINT_DIR
         state = {"iscl": self.model.state_dict(), "sampler_clean": self.clean.state_dict(),
-                 "sampler_noisy": self.noisy.state_dict()}
+                 "sampler_noisy": self.noisy.state_dict(), "best_psnr": float(self.best_psnr)}
         return ckpt.save_checkpoint(path, config=self.config, normalizer=self.normalizer,
                                     weights=self.prediction_weights(), info=self.info(), train_state=state)
+
+    def validate(self) -> float:
+        """Mean PSNR (dB, data range 2 on the [-1, 1] scale) of the current prediction on the pairs."""
+        from iscl.evaluate.metrics import psnr
+        from iscl.predict import predict_image
+
+        clean, noisy = self.validation  # type: ignore[misc]
+        F_net = self.model.prediction_F("swa")
+        gamma = self.config.predict.gamma
+        scores = [psnr(c, predict_image(F_net, self.model.nets.H, n, gamma=gamma, device=self.device)["denoised"],
+                       data_range=2.0) for c, n in zip(clean, noisy)]
+        return float(np.mean(scores))
 
     # ------------------------------------------------------------------ loop
     def run(self, stop_at: int | None = None) -> ISCL:
@@ -139,10 +162,20 @@ class Trainer:
                 y = torch.from_numpy(self.clean.next_batch(t.batch_size)).to(self.device, non_blocking=True)
                 record = self.model.train_step(x, y)
                 record = {"step": self.model.step, **record, "seconds": time.perf_counter() - t0}
+                step = self.model.step
+                if self.validation is not None and (step % self.validate_every == 0 or step == end):
+                    record["val_psnr"] = self.validate()
+                    if record["val_psnr"] > self.best_psnr:
+                        self.best_psnr = record["val_psnr"]
+                        if self.run_dir is not None:
+                            self.save(self.run_dir / BEST_DIR)
                 if log_fh is not None:
                     log_fh.write(json.dumps(record) + "\n")
                 bar.update(1)
-                bar.set_postfix({short: f"{record[k]:.3f}" for k, short in _BAR_TERMS.items()}, refresh=False)
+                postfix = {short: f"{record[k]:.3f}" for k, short in _BAR_TERMS.items()}
+                if "val_psnr" in record:
+                    postfix["val"] = f"{record['val_psnr']:.2f}dB"
+                bar.set_postfix(postfix, refresh=False)
                 every = t.checkpoint_every
                 if self.run_dir is not None and every and self.model.step % every == 0 and self.model.step < end:
                     self.save()

@@ -1,0 +1,206 @@
+"""The ``iscl`` command line: a thin shell over the Python API (parse, call, print).
+
+Every failure prints one line, ``iscl: error: <file or thing>: <problem>``, and exits with status 1
+(2 for usage errors, 130 when interrupted); ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Unpaired image denoising (ISCL) for microscopy and CT.")
+
+_state = {"debug": False}
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.echo(f"iscl: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _run(fn: Callable[[], Any]) -> Any:
+    """Run a command body; turn expected failures into one-line errors."""
+    from iscl.errors import IsclError
+    from iscl.methods.iscl import NonFiniteLossError
+    from iscl.training.checkpoint import CheckpointError
+
+    try:
+        return fn()
+    except typer.Exit:
+        raise
+    except KeyboardInterrupt:
+        if _state["debug"]:
+            raise
+        _fail("interrupted; nothing was left half-written", 130)
+    except (IsclError, CheckpointError, NonFiniteLossError, ValueError, TypeError, OSError) as exc:
+        if _state["debug"]:
+            raise
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        if isinstance(exc, OSError) and not isinstance(exc, IsclError) and exc.filename:
+            text = f"{exc.filename}: {exc.strerror or text}"
+        _fail(text)
+
+
+@app.callback()
+def _main(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks instead of one-line errors")] = False):
+    _state["debug"] = debug
+
+
+# ---------------------------------------------------------------------------------------------- train
+@app.command()
+def train(
+    clean: Annotated[list[str], typer.Option("--clean", help="clean images: files, folders or globs (repeatable)")],
+    noisy: Annotated[list[str], typer.Option("--noisy", help="noisy images of OTHER scenes: files, folders, globs")],
+    out: Annotated[Path, typer.Option("--out", help="run folder: checkpoint/, log.jsonl, loss.png")],
+    preset: Annotated[str, typer.Option("--preset", help="cpu (minutes on a laptop) or paper (official)")] = "cpu",
+    steps: Annotated[int | None, typer.Option("--steps", min=1, help="training steps (default: preset)")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
+    patch_size: Annotated[int | None, typer.Option("--patch-size", min=64)] = None,
+    lr: Annotated[float | None, typer.Option("--lr", min=0.0, help="initial learning rate")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="makes a CPU run repeatable")] = None,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N")] = "cpu",
+    normalization: Annotated[str, typer.Option(
+        "--normalization", help="auto, percentile, fixed (with --low/--high) or ct-window")] = "auto",
+    low: Annotated[float | None, typer.Option("--low", help="fixed window: value mapped to -1")] = None,
+    high: Annotated[float | None, typer.Option("--high", help="fixed window: value mapped to +1")] = None,
+    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", min=0, help="save every N steps")] = 0,
+    val_clean: Annotated[list[str] | None, typer.Option("--val-clean", help="paired validation: clean")] = None,
+    val_noisy: Annotated[list[str] | None, typer.Option("--val-noisy", help="paired validation: noisy")] = None,
+    channel: Annotated[int | None, typer.Option("--channel", min=0, help="channel of colour images")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a run already in --out")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar")] = False,
+) -> None:
+    """Train ISCL on unpaired clean and noisy images."""
+
+    def body():
+        from iscl.config import preset as make_preset
+        from iscl.jobs import train_files
+
+        config = make_preset(preset)
+        for name, value in (("steps", steps), ("batch_size", batch_size), ("patch_size", patch_size), ("lr", lr),
+                            ("seed", seed)):
+            if value is not None:
+                setattr(config.train, name, value)
+        config.train.checkpoint_every = checkpoint_every
+        norm = {"mode": normalization}
+        if low is not None:
+            norm["low"] = low
+        if high is not None:
+            norm["high"] = high
+        config.normalization = type(config.normalization).model_validate(norm)
+        model = train_files(clean, noisy, config, out, device=device, resume=resume, progress=not quiet,
+                            val_clean=val_clean, val_noisy=val_noisy, channel=channel, overwrite=overwrite)
+        typer.echo(f"trained {model.info.get('step')} steps; run in {out} (checkpoint/, log.jsonl, loss.png)")
+
+    _run(body)
+
+
+# -------------------------------------------------------------------------------------------- denoise
+@app.command()
+def denoise(
+    run: Annotated[Path, typer.Argument(help="run folder or checkpoint folder")],
+    inputs: Annotated[list[str], typer.Argument(help="images: files, folders or globs")],
+    out: Annotated[Path, typer.Option("--out", help="output folder (or file, for one input)")],
+    tile: Annotated[int | None, typer.Option(
+        "--tile", min=0, help="tile side; 0 = whole image; default: whole up to 2048x2048, else 512")] = None,
+    overlap: Annotated[int, typer.Option("--overlap", min=0, help="tile overlap in pixels")] = 32,
+    passes: Annotated[int, typer.Option("--passes", min=1, help="tiled passes for whole-image statistics")] = 3,
+    output: Annotated[str, typer.Option("--output", help="denoised, generator (F) or bypass (x - H(x))")] = "denoised",
+    weights: Annotated[str | None, typer.Option("--weights", help="swa (averaged F) or raw")] = None,
+    gamma: Annotated[float | None, typer.Option("--gamma", min=0.0, max=1.0, help="blend of F and x-H(x)")] = None,
+    device: Annotated[str, typer.Option("--device")] = "cpu",
+    save_noise_map: Annotated[bool, typer.Option("--save-noise-map", help="also write <name>_noise.tif")] = False,
+    channel: Annotated[int | None, typer.Option("--channel", min=0)] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace existing outputs")] = False,
+    keep_going: Annotated[bool, typer.Option("--keep-going", help="skip bad inputs, process the rest")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet")] = False,
+) -> None:
+    """Denoise images with a trained model; outputs keep format, shape, dtype and metadata."""
+
+    def body():
+        from iscl.api import load
+        from iscl.jobs import denoise_files
+
+        if output not in ("denoised", "generator", "bypass"):
+            raise ValueError(f"--output must be denoised, generator or bypass; got {output!r}")
+        if weights not in (None, "swa", "raw"):
+            raise ValueError(f"--weights must be swa or raw; got {weights!r}")
+        model = load(run, device=device)
+        if gamma is not None:
+            model.config.predict.gamma = gamma
+        if weights is not None:
+            model.config.predict.weights = weights  # type: ignore[assignment]
+        report = denoise_files(model, inputs, out, tile=tile, overlap=overlap, passes=passes, output=output,
+                               save_noise_map=save_noise_map, overwrite=overwrite, keep_going=keep_going,
+                               channel=channel, progress=not quiet)
+        for _src, err in report.failed:
+            typer.echo(f"iscl: error: {err}", err=True)
+        typer.echo(f"denoised {len(report.written)} file(s) into {out}" +
+                   (f"; {len(report.failed)} failed" if report.failed else ""))
+        if report.failed:
+            raise typer.Exit(1)
+
+    _run(body)
+
+
+# ------------------------------------------------------------------------------------------- simulate
+@app.command()
+def simulate(
+    name: Annotated[str, typer.Argument(help="em-film, em-charge or ct-ldct")],
+    out: Annotated[Path, typer.Option("--out", help="folder for train/ test/ dataset.json")],
+    n: Annotated[int | None, typer.Option("--n", min=1, help="training images per pool")] = None,
+    n_test: Annotated[int | None, typer.Option("--n-test", min=1, help="paired test images")] = None,
+    size: Annotated[int | None, typer.Option("--size", min=16, help="image side in pixels")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    strength: Annotated[float, typer.Option("--strength", min=0.0, help="noise strength (1 = default)")] = 1.0,
+    preview: Annotated[bool, typer.Option("--preview", help="also write preview.png")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+) -> None:
+    """Simulate a named dataset (unpaired training pools + paired test split) as TIFF files."""
+
+    def body():
+        from iscl.simulate.datasets import write_dataset
+
+        summary = write_dataset(name, out, n_train=n, n_test=n_test, size=size, seed=seed, strength=strength,
+                                preview=preview, overwrite=overwrite)
+        typer.echo(f"wrote {name} to {out}; test split noisy vs clean: PSNR {summary['psnr']:.2f} dB, "
+                   f"SSIM {summary['ssim']:.3f}")
+
+    _run(body)
+
+
+# ----------------------------------------------------------------------------------------------- demo
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="where data, model and results go")] = Path("demo-output"),
+    steps: Annotated[int | None, typer.Option("--steps", min=1, help="training steps (default: cpu preset)")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet")] = False,
+) -> None:
+    """Simulate EM film noise, train ISCL (cpu preset), denoise the test images, report PSNR/SSIM."""
+
+    def body():
+        from iscl.demo import run_demo
+
+        run_demo(out, steps=steps, seed=seed, progress=not quiet, echo=typer.echo)
+
+    _run(body)
+
+
+def main() -> None:
+    """Console entry point."""
+    from iscl.runtime import retain_freed_memory
+
+    retain_freed_memory()
+    app(prog_name="iscl")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""File-level jobs behind the CLI: train from image files, denoise files of any size.
+
+Everything here is plain Python over :mod:`iscl.api` and :mod:`iscl.data.io`, so it can be used and
+tested without the command line.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from iscl.api import Denoiser
+from iscl.api import train as train_arrays
+from iscl.config import Config
+from iscl.data import io
+from iscl.errors import ImageReadError, ImageWriteError, IsclError
+
+__all__ = ["read_images", "train_files", "denoise_files", "DenoiseReport", "AUTO_TILE_PIXELS", "DEFAULT_TILE"]
+
+#: images with more pixels than this are denoised in tiles unless a tile size is given
+AUTO_TILE_PIXELS = 2048 * 2048
+DEFAULT_TILE = 512
+
+
+def read_images(inputs: Sequence[str | os.PathLike], *, channel: int | None = None) -> list[np.ndarray]:
+    """Read every image named by ``inputs`` (files, directories, globs) as 2-D arrays.
+
+    Stacks contribute one array per slice. Raises :class:`~iscl.errors.ImageReadError` naming the
+    first bad file.
+    """
+    images: list[np.ndarray] = []
+    for path in io.find_images(list(inputs)):
+        arr, _ = io.read_image(path, channel=channel)
+        images.extend([arr] if arr.ndim == 2 else list(arr))
+    return images
+
+
+def train_files(clean: Sequence[str | os.PathLike], noisy: Sequence[str | os.PathLike], config: Config,
+                run_dir: str | os.PathLike, *, device: str = "cpu", resume: bool = False, progress: bool = True,
+                val_clean: Sequence[str | os.PathLike] | None = None,
+                val_noisy: Sequence[str | os.PathLike] | None = None, channel: int | None = None,
+                overwrite: bool = False) -> Denoiser:
+    """Train ISCL from image files and write ``run_dir`` (checkpoint, ``log.jsonl``, ``loss.png``).
+
+    Refuses a ``run_dir`` that already holds a run unless ``resume`` or ``overwrite`` is given.
+    """
+    from iscl.training.plots import plot_losses
+    from iscl.training.trainer import CHECKPOINT_DIR, LOG_FILE
+
+    run = Path(run_dir)
+    if run.exists() and any(run.iterdir()) and not (resume or overwrite):
+        raise IsclError(run, "already holds a run; pass --resume to continue it or --overwrite to start over")
+    if resume and not (run / CHECKPOINT_DIR).exists():
+        raise IsclError(run, "nothing to resume (no checkpoint/ here)")
+    clean_images = read_images(clean, channel=channel)
+    noisy_images = read_images(noisy, channel=channel)
+    validation = None
+    if (val_clean is None) != (val_noisy is None):
+        raise ValueError("validation needs both --val-clean and --val-noisy")
+    if val_clean is not None and val_noisy is not None:
+        validation = (read_images(val_clean, channel=channel), read_images(val_noisy, channel=channel))
+    if overwrite and not resume and run.exists():
+        for name in (LOG_FILE, "loss.png"):
+            (run / name).unlink(missing_ok=True)
+    model = train_arrays(clean_images, noisy_images, config, run_dir=run, device=device, resume=resume,
+                         progress=progress, validation=validation)
+    plot_losses(run / LOG_FILE, run / "loss.png")
+    return model
+
+
+@dataclass
+class DenoiseReport:
+    """What :func:`denoise_files` did: written outputs and per-input errors (with ``keep_going``)."""
+
+    written: list[tuple[Path, Path]] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def _output_paths(inputs: list[Path], out: Path, save_noise_map: bool) -> list[tuple[Path, Path | None]]:
+    single_file = len(inputs) == 1 and out.suffix != "" and not out.is_dir()
+    result = []
+    seen: dict[Path, Path] = {}
+    for src in inputs:
+        dst = out if single_file else out / src.name
+        if dst in seen:
+            raise IsclError(src, f"same output name as {seen[dst]} ({dst}); denoise them into different --out folders")
+        seen[dst] = src
+        noise = dst.with_name(f"{dst.stem}_noise.tif") if save_noise_map else None
+        result.append((dst, noise))
+    return result
+
+
+def denoise_files(model: Denoiser, inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
+                  tile: int | None = None, overlap: int = 32, passes: int = 3, output: str = "denoised",
+                  save_noise_map: bool = False, overwrite: bool = False, keep_going: bool = False,
+                  channel: int | None = None, progress: bool = True,
+                  log: Callable[[str], None] | None = None) -> DenoiseReport:
+    """Denoise files, directories or globs into ``out`` (a folder, or a file for a single input).
+
+    Each output has the input's format, shape, dtype and metadata (DICOM: header kept, new pixel data).
+    Stacks are processed slice by slice. ``tile=None``: whole images up to ``AUTO_TILE_PIXELS``, tiles
+    of ``DEFAULT_TILE`` above; ``tile=0``: always whole images.
+
+    Before anything is written, every input is probed and every output name checked: without
+    ``keep_going`` the first problem raises and nothing is written; with it, bad inputs are reported
+    in :attr:`DenoiseReport.failed` and the rest are processed. Outputs appear atomically.
+    """
+    paths = io.find_images(list(inputs))
+    out_path = Path(out)
+    targets = _output_paths(paths, out_path, save_noise_map)
+    report = DenoiseReport()
+    jobs = []
+    for src, (dst, noise_dst) in zip(paths, targets):
+        try:
+            info = io.probe(src)
+            if min(info.shape[-2:]) < 4:
+                raise ImageReadError(src, f"image of {info.shape[-2]}x{info.shape[-1]} pixels is too small "
+                                          "(the networks need at least 4x4)")
+            if channel is None and info.n_channels > 1:
+                raise ImageReadError(src, f"is a colour image ({info.n_channels} channels); pass --channel")
+            for target in (dst, noise_dst):
+                if target is not None and target.exists() and not overwrite:
+                    raise ImageWriteError(target, "exists; pass --overwrite to replace it")
+            if dst.resolve() == src.resolve():
+                raise ImageWriteError(dst, "is the input itself; choose another --out")
+            jobs.append((src, dst, noise_dst, info))
+        except (IsclError, ValueError, OSError) as exc:
+            if not keep_going:
+                raise
+            report.failed.append((src, str(exc)))
+    outputs = (output, "noise") if save_noise_map else (output,)
+    bar = tqdm(jobs, disable=not progress, unit="file", desc="denoise", dynamic_ncols=True)
+    for src, dst, noise_dst, _ in bar:
+        try:
+            _denoise_one(model, src, dst, noise_dst, outputs, tile, overlap, passes, overwrite, channel, progress)
+            report.written.append((src, dst))
+            if log is not None:
+                log(f"{src} -> {dst}")
+        except (IsclError, ValueError, OSError) as exc:
+            if not keep_going:
+                raise
+            report.failed.append((src, str(exc)))
+    return report
+
+
+def _denoise_one(model: Denoiser, src: Path, dst: Path, noise_dst: Path | None, outputs: tuple[str, ...],
+                 tile: int | None, overlap: int, passes: int, overwrite: bool, channel: int | None,
+                 progress: bool) -> None:
+    with io.open_slices(src, channel=channel) as slices:
+        h, w = slices.shape[-2:]
+        if tile is None:
+            tile_size = DEFAULT_TILE if h * w > AUTO_TILE_PIXELS else None
+        else:
+            tile_size = tile or None
+        info = io.probe(src)
+        writer = io.create_output_like(dst, tuple(slices.shape), slices.dtype, like=info, overwrite=overwrite)
+        noise_writer = (io.create_output_like(noise_dst, tuple(slices.shape), np.float32, overwrite=overwrite)
+                        if noise_dst is not None else None)
+        try:
+            with tqdm(total=0, disable=not progress or tile_size is None, unit="tile", leave=False,
+                      desc=src.name) as tbar:
+                def on_tile(done: int, total: int) -> None:
+                    tbar.total = total
+                    tbar.n = done
+                    tbar.refresh()
+
+                for z in range(len(slices)):
+                    image = slices[z]
+                    res = model.predict(image, outputs=outputs, tile=tile_size, overlap=overlap, passes=passes,
+                                        on_tile=on_tile)
+                    writer.write_slice(z, res[outputs[0]])
+                    if noise_writer is not None:
+                        noise_writer.write_slice(z, res["noise"])
+            writer.commit()
+            if noise_writer is not None:
+                noise_writer.commit()
+        except BaseException:
+            writer.abort()
+            if noise_writer is not None:
+                noise_writer.abort()
+            raise
