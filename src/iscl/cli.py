@@ -111,7 +111,8 @@ def denoise(
     tile: Annotated[int | None, typer.Option(
         "--tile", min=0, help="tile side; 0 = whole image; default: whole up to 2048x2048, else 512")] = None,
     overlap: Annotated[int, typer.Option("--overlap", min=0, help="tile overlap in pixels")] = 32,
-    passes: Annotated[int, typer.Option("--passes", min=1, help="tiled passes for whole-image statistics")] = 3,
+    stats_tiles: Annotated[int, typer.Option(
+        "--stats-tiles", min=1, help="tiles that measure whole-image BIN statistics (all: exact)")] = 16,
     output: Annotated[str, typer.Option("--output", help="denoised, generator (F) or bypass (x - H(x))")] = "denoised",
     weights: Annotated[str | None, typer.Option("--weights", help="swa (averaged F) or raw")] = None,
     gamma: Annotated[float | None, typer.Option("--gamma", min=0.0, max=1.0, help="blend of F and x-H(x)")] = None,
@@ -137,7 +138,7 @@ def denoise(
             model.config.predict.gamma = gamma
         if weights is not None:
             model.config.predict.weights = weights  # type: ignore[assignment]
-        report = denoise_files(model, inputs, out, tile=tile, overlap=overlap, passes=passes, output=output,
+        report = denoise_files(model, inputs, out, tile=tile, overlap=overlap, stats_tiles=stats_tiles, output=output,
                                save_noise_map=save_noise_map, overwrite=overwrite, keep_going=keep_going,
                                channel=channel, progress=not quiet)
         for _src, err in report.failed:

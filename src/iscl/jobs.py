@@ -96,7 +96,7 @@ def _output_paths(inputs: list[Path], out: Path, save_noise_map: bool) -> list[t
 
 
 def denoise_files(model: Denoiser, inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
-                  tile: int | None = None, overlap: int = 32, passes: int = 3, output: str = "denoised",
+                  tile: int | None = None, overlap: int = 32, stats_tiles: int = 16, output: str = "denoised",
                   save_noise_map: bool = False, overwrite: bool = False, keep_going: bool = False,
                   channel: int | None = None, progress: bool = True,
                   log: Callable[[str], None] | None = None) -> DenoiseReport:
@@ -137,7 +137,7 @@ def denoise_files(model: Denoiser, inputs: Sequence[str | os.PathLike], out: str
     bar = tqdm(jobs, disable=not progress, unit="file", desc="denoise", dynamic_ncols=True)
     for src, dst, noise_dst, _ in bar:
         try:
-            _denoise_one(model, src, dst, noise_dst, outputs, tile, overlap, passes, overwrite, channel, progress)
+            _denoise_one(model, src, dst, noise_dst, outputs, tile, overlap, stats_tiles, overwrite, channel, progress)
             report.written.append((src, dst))
             if log is not None:
                 log(f"{src} -> {dst}")
@@ -149,7 +149,7 @@ def denoise_files(model: Denoiser, inputs: Sequence[str | os.PathLike], out: str
 
 
 def _denoise_one(model: Denoiser, src: Path, dst: Path, noise_dst: Path | None, outputs: tuple[str, ...],
-                 tile: int | None, overlap: int, passes: int, overwrite: bool, channel: int | None,
+                 tile: int | None, overlap: int, stats_tiles: int, overwrite: bool, channel: int | None,
                  progress: bool) -> None:
     with io.open_slices(src, channel=channel) as slices:
         h, w = slices.shape[-2:]
@@ -171,7 +171,7 @@ def _denoise_one(model: Denoiser, src: Path, dst: Path, noise_dst: Path | None, 
 
                 for z in range(len(slices)):
                     image = slices[z]
-                    res = model.predict(image, outputs=outputs, tile=tile_size, overlap=overlap, passes=passes,
+                    res = model.predict(image, outputs=outputs, tile=tile_size, overlap=overlap, stats_tiles=stats_tiles,
                                         on_tile=on_tile)
                     writer.write_slice(z, res[outputs[0]])
                     if noise_writer is not None:

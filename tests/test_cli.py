@@ -1,0 +1,227 @@
+"""CLI end to end on tiny files: train → denoise round trips in every format, and bad inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+from synthetic import shapes_image, structured_noise
+from typer.testing import CliRunner
+
+import iscl
+from iscl.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def error_line(result) -> str:
+    text = (result.stderr if hasattr(result, "stderr") else result.output).strip()
+    assert "Traceback" not in text
+    lines = [ln for ln in text.splitlines() if ln.startswith("iscl: error:")]
+    assert lines, text
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A tiny trained model (saved checkpoint) for the denoise tests."""
+    from iscl.config import Config, NetworkConfig, TrainConfig
+
+    rng = np.random.default_rng(3)
+    clean = [shapes_image(rng) for _ in range(3)]
+    noisy = [structured_noise(shapes_image(rng), rng) for _ in range(3)]
+    config = Config(network=NetworkConfig(generator_width=4, generator_res_blocks=1, extractor_width=4,
+                                          extractor_layers=3, discriminator_width=4),
+                    train=TrainConfig(steps=2, batch_size=2), normalization={"mode": "fixed", "low": 0, "high": 1})
+    path = tmp_path_factory.mktemp("model") / "run"
+    iscl.train(clean, noisy, config, run_dir=path, progress=False)
+    return path
+
+
+def test_train_command_writes_run(tmp_path):
+    rng = np.random.default_rng(0)
+    for pool in ("clean", "noisy"):
+        (tmp_path / pool).mkdir()
+        for i in range(2):
+            tifffile.imwrite(tmp_path / pool / f"{i}.tif", shapes_image(rng, 72))
+    r = invoke("train", "--clean", tmp_path / "clean", "--noisy", tmp_path / "noisy", "--out", tmp_path / "run",
+               "--steps", "2", "--batch-size", "2", "--seed", "1", "--quiet")
+    assert r.exit_code == 0, r.output
+    run = tmp_path / "run"
+    assert (run / "checkpoint" / "weights.safetensors").is_file() and (run / "loss.png").is_file()
+    assert len((run / "log.jsonl").read_text().splitlines()) == 2
+    cfg = json.loads((run / "checkpoint" / "config.json").read_text())
+    assert cfg["config"]["train"]["steps"] == 2 and cfg["config"]["preset"] == "cpu"
+    # a second train into the same folder is refused without --resume/--overwrite
+    r = invoke("train", "--clean", tmp_path / "clean", "--noisy", tmp_path / "noisy", "--out", run, "--steps", "2",
+               "--quiet")
+    assert r.exit_code == 1 and "already holds a run" in error_line(r)
+
+
+def _write(path: Path, array: np.ndarray) -> None:
+    if path.suffix == ".png":
+        Image.fromarray(array).save(path)
+    elif path.suffix == ".npy":
+        np.save(path, array)
+    else:
+        tifffile.imwrite(path, array, photometric="minisblack")  # a 3-slice stack, not RGB
+
+
+@pytest.mark.parametrize(
+    ("name", "array"),
+    [
+        ("u8.tif", (np.random.default_rng(0).random((40, 52)) * 255).astype(np.uint8)),
+        ("u16.tif", (np.random.default_rng(1).random((37, 45)) * 60000).astype(np.uint16)),
+        ("f32.tif", np.random.default_rng(2).random((33, 64)).astype(np.float32)),
+        ("stack.tif", (np.random.default_rng(3).random((3, 32, 36)) * 255).astype(np.uint8)),
+        ("p8.png", (np.random.default_rng(4).random((30, 30)) * 255).astype(np.uint8)),
+        ("p16.png", (np.random.default_rng(5).random((30, 30)) * 65535).astype(np.uint16)),
+        ("a.npy", np.random.default_rng(6).random((20, 24)).astype(np.float32)),
+    ],
+)
+def test_denoise_round_trip_keeps_format_shape_dtype(model_dir, tmp_path, name, array):
+    src = tmp_path / "in" / name
+    src.parent.mkdir()
+    _write(src, array)
+    r = invoke("denoise", model_dir, src, "--out", tmp_path / "out", "--quiet")
+    assert r.exit_code == 0, r.output
+    out_path = tmp_path / "out" / name
+    from iscl.data.io import read_image
+
+    out, _ = read_image(out_path)
+    assert out.shape == array.shape and out.dtype == array.dtype
+    assert not np.array_equal(out, array)  # it did something
+    if array.ndim == 3:  # a stack is denoised slice by slice: slice 1 equals denoising it alone
+        alone = iscl.load(model_dir).denoise(array[1])
+        assert np.array_equal(out[1], alone)
+
+
+def test_denoise_dicom_keeps_header_and_units(model_dir, tmp_path):
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+
+    src = Path(get_testdata_file("CT_small.dcm"))
+    r = invoke("denoise", model_dir, src, "--out", tmp_path / "out", "--quiet", "--save-noise-map")
+    assert r.exit_code == 0, r.output
+    a, b = pydicom.dcmread(src), pydicom.dcmread(tmp_path / "out" / src.name)
+    assert b.pixel_array.shape == a.pixel_array.shape and b.pixel_array.dtype == a.pixel_array.dtype
+    for tag in ("PatientName", "StudyInstanceUID", "SeriesInstanceUID", "RescaleSlope", "RescaleIntercept",
+                "PixelSpacing", "Rows", "Columns"):
+        assert b.get(tag) == a.get(tag), tag
+    assert b.SOPInstanceUID != a.SOPInstanceUID  # a new image, so a new instance UID
+    assert (tmp_path / "out" / "CT_small_noise.tif").is_file()
+
+
+def test_tiled_denoise_matches_whole_image(model_dir, tmp_path):
+    img = np.random.default_rng(7).random((150, 170)).astype(np.float32)
+    np.save(tmp_path / "big.npy", img)
+    assert invoke("denoise", model_dir, tmp_path / "big.npy", "--out", tmp_path / "whole", "--tile", "0",
+                  "--quiet").exit_code == 0
+    assert invoke("denoise", model_dir, tmp_path / "big.npy", "--out", tmp_path / "tiled", "--tile", "96",
+                  "--overlap", "48", "--quiet").exit_code == 0
+    a, b = np.load(tmp_path / "whole" / "big.npy"), np.load(tmp_path / "tiled" / "big.npy")
+    assert 10 * np.log10(1 / np.mean((a - b) ** 2)) > 45
+
+
+# ------------------------------------------------------------------------------------------- bad inputs
+def _bad_inputs(d: Path) -> dict[str, Path]:
+    d.mkdir(exist_ok=True)
+    files = {
+        "missing": d / "missing.tif",
+        "empty": d / "empty.tif",
+        "truncated": d / "truncated.tif",
+        "text": d / "notes.txt",
+        "fake_tif": d / "fake.tif",
+        "tiny": d / "tiny.npy",
+        "nan": d / "nan.npy",
+    }
+    files["empty"].write_bytes(b"")
+    tifffile.imwrite(files["truncated"], np.zeros((64, 64), np.uint16))
+    files["truncated"].write_bytes(files["truncated"].read_bytes()[:3000])
+    files["text"].write_text("hello")
+    files["fake_tif"].write_text("not an image")
+    np.save(files["tiny"], np.zeros((3, 3), np.float32))
+    nan = np.zeros((16, 16), np.float32)
+    nan[2, 3] = np.nan
+    np.save(files["nan"], nan)
+    return files
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "truncated", "text", "fake_tif", "tiny", "nan"])
+def test_bad_input_one_line_error_nothing_written(model_dir, tmp_path, case):
+    files = _bad_inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    r = invoke("denoise", model_dir, files[case], "--out", out, "--quiet")
+    assert r.exit_code == 1
+    line = error_line(r)
+    assert files[case].name in line
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_keep_going_processes_the_good_inputs(model_dir, tmp_path):
+    files = _bad_inputs(tmp_path / "in")
+    good = tmp_path / "in" / "good.npy"
+    np.save(good, np.random.default_rng(0).random((24, 24)).astype(np.float32))
+    r = invoke("denoise", model_dir, files["truncated"], good, files["nan"], "--out", tmp_path / "out",
+               "--keep-going", "--quiet")
+    assert r.exit_code == 1
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.npy"]
+    assert "truncated.tif" in r.output and "nan.npy" in r.output
+
+
+def test_existing_output_is_not_overwritten_without_flag(model_dir, tmp_path):
+    src = tmp_path / "a.npy"
+    np.save(src, np.random.default_rng(0).random((24, 24)).astype(np.float32))
+    (tmp_path / "out").mkdir()
+    np.save(tmp_path / "out" / "a.npy", np.zeros((2, 2)))
+    before = (tmp_path / "out" / "a.npy").read_bytes()
+    r = invoke("denoise", model_dir, src, "--out", tmp_path / "out", "--quiet")
+    assert r.exit_code == 1 and "--overwrite" in error_line(r)
+    assert (tmp_path / "out" / "a.npy").read_bytes() == before
+    assert invoke("denoise", model_dir, src, "--out", tmp_path / "out", "--overwrite", "--quiet").exit_code == 0
+    assert np.load(tmp_path / "out" / "a.npy").shape == (24, 24)
+
+
+def test_mismatched_checkpoint_is_refused(model_dir, tmp_path):
+    import shutil
+
+    bad = tmp_path / "run"
+    shutil.copytree(model_dir, bad)
+    cfg_path = bad / "checkpoint" / "config.json"
+    doc = json.loads(cfg_path.read_text())
+    doc["config"]["network"]["extractor_layers"] = 7
+    cfg_path.write_text(json.dumps(doc))
+    src = tmp_path / "a.npy"
+    np.save(src, np.zeros((16, 16), np.float32))
+    r = invoke("denoise", bad, src, "--out", tmp_path / "out", "--quiet")
+    assert r.exit_code == 1 and "do not match the configured architecture" in error_line(r)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unwritable_output_is_a_clear_error(model_dir, tmp_path):
+    target = Path("/sys/iscl-test-output")  # sysfs refuses new entries, even for root
+    try:
+        target.mkdir()
+    except OSError:
+        pass
+    else:
+        target.rmdir()
+        pytest.skip("needs a directory this process cannot write to")
+    src = tmp_path / "a.npy"
+    np.save(src, np.zeros((16, 16), np.float32))
+    r = invoke("denoise", model_dir, src, "--out", target, "--quiet")
+    assert r.exit_code == 1 and "iscl-test-output" in error_line(r)
+
+
+def test_debug_shows_the_traceback(model_dir, tmp_path):
+    r = runner.invoke(app, ["--debug", "denoise", str(model_dir), str(tmp_path / "nope.tif"), "--out",
+                            str(tmp_path / "o")])
+    assert r.exit_code != 0 and r.exception is not None
