@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import tifffile
 from PIL import Image
-from synthetic import shapes_image, structured_noise
 from typer.testing import CliRunner
 
 import iscl
 from iscl.cli import app
+from synthetic import shapes_image, structured_noise
 
 runner = CliRunner()
 

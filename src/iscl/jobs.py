@@ -171,8 +171,8 @@ def _denoise_one(model: Denoiser, src: Path, dst: Path, noise_dst: Path | None, 
 
                 for z in range(len(slices)):
                     image = slices[z]
-                    res = model.predict(image, outputs=outputs, tile=tile_size, overlap=overlap, stats_tiles=stats_tiles,
-                                        on_tile=on_tile)
+                    res = model.predict(image, outputs=outputs, tile=tile_size, overlap=overlap,
+                                        stats_tiles=stats_tiles, on_tile=on_tile)
                     writer.write_slice(z, res[outputs[0]])
                     if noise_writer is not None:
                         noise_writer.write_slice(z, res["noise"])

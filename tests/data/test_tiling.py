@@ -17,7 +17,7 @@ def test_axis_tiles_cover_align_and_partition(n, tile, overlap):
         assert s % 4 == 0 and e - s <= max(tile, 4) and s <= o0 < o1 <= e
         owned[o0:o1] += 1
     assert np.all(owned == 1)  # the owned cores partition the axis
-    for (s0, e0, _, _), (s1, _, _, _) in zip(tiles, tiles[1:]):
+    for (_, e0, _, _), (s1, _, _, _) in zip(tiles, tiles[1:]):
         assert e0 - s1 >= overlap  # neighbours overlap at least as asked
 
 
