@@ -1,0 +1,176 @@
+"""Every method runs end to end through the one contract; the baselines' own pieces do what they claim."""
+
+from __future__ import annotations
+
+import builtins
+
+import numpy as np
+import pytest
+import torch
+
+from iscl.methods import registry
+from iscl.methods.base import Method, check_image, resolve_config
+from iscl.methods.blindspot import BlindSpot, blind_spot_mask
+from iscl.methods.classical import BM3DUnavailableError, Identity, estimate_noise_psd, estimate_noise_sigma
+from iscl.methods.supervised import _PairedStream
+from synthetic import shapes_image, structured_noise
+
+TINY = {"generator_width": 4, "generator_res_blocks": 1, "extractor_width": 4, "extractor_layers": 3,
+        "discriminator_width": 4}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # tiny networks gain nothing from a second thread, and a spinning pool crawls on a busy machine
+    torch.set_num_threads(1)
+    yield
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(11)
+    clean = [shapes_image(rng) for _ in range(3)]
+    noisy = [np.clip(structured_noise(shapes_image(rng), rng), 0, 1) for _ in range(3)]
+    pair_clean = [shapes_image(rng) for _ in range(3)]
+    pair_noisy = [np.clip(structured_noise(c, rng), 0, 1) for c in pair_clean]
+    test = np.clip(structured_noise(shapes_image(rng), rng), 0, 1).astype(np.float32)
+    return {"clean": clean, "noisy": noisy, "pairs": (pair_noisy, pair_clean), "test": test}
+
+
+_trained: dict[str, object] = {}
+
+
+def _fitted(name: str, data) -> object:
+    """Train each family once per session (the four ISCL rows share one model, as in the benchmark)."""
+    fam = registry.family(name)
+    if fam not in _trained:
+        kwargs = {"network": TINY} if registry.METHODS[fam].trained else {}
+        m = registry.get_method(fam, **kwargs)
+        m.fit(clean=data["clean"], noisy=data["noisy"], pairs=data["pairs"], steps=3, batch_size=2, seed=0)
+        _trained[fam] = m
+    return registry.view(_trained[fam], name)
+
+
+@pytest.mark.parametrize("name", registry.method_names())
+def test_every_method_runs_through_the_contract(name, data):
+    if registry.family(name).startswith("bm3d"):
+        pytest.importorskip("bm3d")
+    m = _fitted(name, data)
+    assert isinstance(m, Method)
+    assert m.name == name
+    assert m.needs <= {"clean", "noisy", "pairs"}
+    out = m.denoise(data["test"])
+    assert out.shape == data["test"].shape and out.dtype == np.float32
+    assert np.isfinite(out).all()
+    if registry.METHODS[name].trained:
+        assert len(m.history) == 3 and m.train_seconds > 0
+    desc = m.describe()
+    assert desc["name"] == name
+
+
+def test_iscl_rows_are_views_of_one_model(data):
+    base = _fitted("iscl", data)
+    rows = {n: _fitted(n, data) for n in ("iscl", "iscl-F", "iscl-bypass", "iscl-raw")}
+    assert all(r.model is base.model for r in rows.values())
+    x = data["test"]
+    assert np.array_equal(rows["iscl-F"].denoise(x), base.model.denoise(x, output="generator", weights="swa"))
+    assert np.array_equal(rows["iscl-bypass"].denoise(x), base.model.denoise(x, output="bypass"))
+    assert np.array_equal(rows["iscl-raw"].denoise(x), base.model.denoise(x, weights="raw"))
+    # 3 steps: SWA starts after update int(0.6*3) = 1, so the averaged and raw F differ
+    assert not np.array_equal(rows["iscl"].denoise(x), rows["iscl-raw"].denoise(x))
+
+
+def test_learned_methods_share_iscls_generator_and_optimiser(data):
+    cfg = resolve_config("cpu", TINY, steps=3, batch_size=2, seed=0)
+    for name in ("blindspot", "supervised", "cyclegan"):
+        m = _fitted(name, data)
+        assert m.resolved.network == cfg.network
+        assert m.resolved.train == cfg.train
+        assert m.resolved.normalization.mode == "fixed"
+
+
+def test_fit_checks_what_a_method_needs(data):
+    with pytest.raises(ValueError, match="pairs"):
+        registry.get_method("supervised", network=TINY).fit(noisy=data["noisy"], pairs=None, steps=1, batch_size=1)
+    with pytest.raises(ValueError, match="clean"):
+        registry.get_method("cyclegan", network=TINY).fit(clean=None, noisy=data["noisy"], steps=1, batch_size=1)
+    with pytest.raises(RuntimeError, match="fit"):
+        registry.get_method("blindspot", network=TINY).denoise(data["test"])
+    with pytest.raises(ValueError, match="unknown method"):
+        registry.get_method("n2v")
+    with pytest.raises(ValueError, match="2-D"):
+        check_image(np.zeros((2, 8, 8)))
+
+
+def test_blindspot_is_deterministic_and_uses_only_noisy_images(data):
+    outs = []
+    for _ in range(2):
+        m = BlindSpot(network=TINY)
+        m.fit(clean=None, noisy=data["noisy"], pairs=None, steps=2, batch_size=2, seed=3)
+        outs.append(m.denoise(data["test"]))
+    assert np.array_equal(outs[0], outs[1])
+
+
+def test_blind_spot_mask_replaces_pixels_by_neighbours():
+    rng = np.random.default_rng(0)
+    b, p = 3, 64
+    batch = np.arange(b * p * p, dtype=np.float32).reshape(b, 1, p, p)  # every value unique
+    masked, mask = blind_spot_mask(batch, rng, fraction=1 / 64, radius=2)
+    assert mask.sum() == b * 64  # one pixel per 8×8 box
+    assert np.array_equal(masked[mask == 0], batch[mask == 0])
+    for bi, _, y, x in zip(*np.nonzero(mask)):
+        src = np.argwhere(batch[bi, 0] == masked[bi, 0, y, x])[0]
+        dy, dx = abs(int(src[0]) - int(y)), abs(int(src[1]) - int(x))
+        assert max(dy, dx) <= 2 and (dy, dx) != (0, 0)
+
+
+def test_paired_stream_keeps_pairs_aligned():
+    rng = np.random.default_rng(0)
+    clean = [rng.random((96, 80)).astype(np.float32) for _ in range(2)]
+    noisy = [c + 10.0 for c in clean]  # a pair differs by exactly 10 everywhere
+    s = _PairedStream(noisy, clean, 64, True, seed=1)
+    for _ in range(5):
+        x, y = s.next(4)
+        assert torch.allclose(x - y, torch.full_like(x, 10.0))
+
+
+def test_noise_estimates_on_known_noise():
+    rng = np.random.default_rng(0)
+    flat = np.full((128, 128), 0.5)
+    white = flat + rng.normal(0, 0.05, flat.shape)
+    assert estimate_noise_sigma(white) == pytest.approx(0.05, rel=0.1)
+    psd = estimate_noise_psd(white)
+    assert psd.shape == white.shape
+    assert np.sqrt(psd.mean() / white.size) == pytest.approx(0.05, rel=0.15)
+    # correlated (blurred) noise: more power at low than at high frequencies
+    from scipy.ndimage import gaussian_filter
+
+    corr = flat + gaussian_filter(rng.normal(0, 0.2, flat.shape), 1.5)
+    psd = estimate_noise_psd(corr)
+    assert psd[0, 0] > 5 * psd[64, 64]
+    # clipped pixels carry no noise information
+    clipped = np.where(np.arange(128)[None, :] < 100, 0.0, white)
+    assert estimate_noise_sigma(clipped) == pytest.approx(0.05, rel=0.2)
+
+
+def test_bm3d_skips_cleanly_without_the_extra(monkeypatch):
+    real_import = builtins.__import__
+
+    def no_bm3d(name, *args, **kwargs):
+        if name == "bm3d" or name.startswith("bm3d."):
+            raise ImportError("No module named 'bm3d'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_bm3d)
+    with pytest.raises(BM3DUnavailableError, match=r"pip install iscl\[bm3d\]"):
+        registry.get_method("bm3d")
+    assert isinstance(registry.get_method("noisy"), Identity)
+
+
+def test_bm3d_reduces_white_noise():
+    pytest.importorskip("bm3d")
+    rng = np.random.default_rng(1)
+    clean = shapes_image(rng)
+    noisy = (clean + rng.normal(0, 0.1, clean.shape)).astype(np.float32)
+    out = registry.get_method("bm3d-white").denoise(noisy)
+    assert np.mean((out - clean) ** 2) < 0.5 * np.mean((noisy - clean) ** 2)
