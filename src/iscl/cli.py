@@ -59,6 +59,8 @@ def train(
     noisy: Annotated[list[str], typer.Option("--noisy", help="noisy images of OTHER scenes: files, folders, globs")],
     out: Annotated[Path, typer.Option("--out", help="run folder: checkpoint/, log.jsonl, loss.png")],
     preset: Annotated[str, typer.Option("--preset", help="cpu (minutes on a laptop) or paper (official)")] = "cpu",
+    config_file: Annotated[Path | None, typer.Option(
+        "--config", help="a full configuration (JSON, e.g. a checkpoint's config.json) instead of --preset")] = None,
     steps: Annotated[int | None, typer.Option("--steps", min=1, help="training steps (default: preset)")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=1)] = None,
     patch_size: Annotated[int | None, typer.Option("--patch-size", min=64)] = None,
@@ -70,6 +72,8 @@ def train(
     low: Annotated[float | None, typer.Option("--low", help="fixed window: value mapped to -1")] = None,
     high: Annotated[float | None, typer.Option("--high", help="fixed window: value mapped to +1")] = None,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", min=0, help="save every N steps")] = 0,
+    skip_nonfinite: Annotated[bool, typer.Option(
+        "--skip-nonfinite", help="skip updates whose loss or gradient is NaN/Inf instead of stopping")] = False,
     val_clean: Annotated[list[str] | None, typer.Option("--val-clean", help="paired validation: clean")] = None,
     val_noisy: Annotated[list[str] | None, typer.Option("--val-noisy", help="paired validation: noisy")] = None,
     channel: Annotated[int | None, typer.Option("--channel", min=0, help="channel of colour images")] = None,
@@ -80,21 +84,24 @@ def train(
     """Train ISCL on unpaired clean and noisy images."""
 
     def body():
+        from iscl.config import load_config
         from iscl.config import preset as make_preset
         from iscl.jobs import train_files
 
-        config = make_preset(preset)
+        config = load_config(config_file) if config_file is not None else make_preset(preset)
         for name, value in (("steps", steps), ("batch_size", batch_size), ("patch_size", patch_size), ("lr", lr),
                             ("seed", seed)):
             if value is not None:
                 setattr(config.train, name, value)
         config.train.checkpoint_every = checkpoint_every
-        norm = {"mode": normalization}
-        if low is not None:
-            norm["low"] = low
-        if high is not None:
-            norm["high"] = high
-        config.normalization = type(config.normalization).model_validate(norm)
+        config.train.nonfinite = "skip" if skip_nonfinite else "stop"
+        if config_file is None or normalization != "auto" or low is not None or high is not None:
+            norm = {"mode": normalization}
+            if low is not None:
+                norm["low"] = low
+            if high is not None:
+                norm["high"] = high
+            config.normalization = type(config.normalization).model_validate(norm)
         model = train_files(clean, noisy, config, out, device=device, resume=resume, progress=not quiet,
                             val_clean=val_clean, val_noisy=val_noisy, channel=channel, overwrite=overwrite)
         typer.echo(f"trained {model.info.get('step')} steps; run in {out} (checkpoint/, log.jsonl, loss.png)")

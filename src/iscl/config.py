@@ -6,13 +6,17 @@ hyper-parameters; ``cpu`` is a smaller, faster variant for 2-core machines and s
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from iscl.data.normalize import NormalizationConfig
 
-__all__ = ["Config", "NetworkConfig", "TrainConfig", "PredictConfig", "FORMAT_VERSION", "preset", "PRESETS"]
+__all__ = ["Config", "NetworkConfig", "TrainConfig", "PredictConfig", "FORMAT_VERSION", "preset", "PRESETS",
+           "load_config"]
 
 FORMAT_VERSION = 1
 
@@ -49,6 +53,8 @@ class TrainConfig(_Strict):
     seed: int = 0
     checkpoint_every: int = Field(0, ge=0, description="save a resumable checkpoint every N steps (0: end only)")
     init_std: float = Field(0.05, gt=0)
+    nonfinite: Literal["stop", "skip"] = Field(
+        "stop", description="on a NaN/Inf loss or gradient: stop with an error, or skip that update")
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
@@ -110,3 +116,19 @@ def preset(name: str) -> Config:
         return PRESETS[name]()
     except KeyError:
         raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}") from None
+
+
+def load_config(path: str | os.PathLike) -> Config:
+    """Read a Config from JSON: a plain ``Config`` document or a checkpoint's ``config.json``."""
+    p = Path(path)
+    try:
+        doc = json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{p}: cannot read a configuration ({exc})") from None
+    if isinstance(doc, dict) and "config" in doc and "normalizer" in doc:  # a checkpoint's config.json
+        doc = doc["config"]
+    try:
+        return Config.model_validate(doc)
+    except ValidationError as exc:
+        first = str(exc).splitlines()
+        raise ValueError(f"{p}: invalid configuration ({' '.join(first[:3])})") from None

@@ -96,3 +96,18 @@ def test_blend_prediction_formula(model_and_batch):
     assert torch.allclose(p.generator, f) and torch.allclose(p.noise, h)
     assert torch.allclose(p.bypass, x[:1] - h)
     assert torch.allclose(p.denoised, (0.3 * f + 0.7 * (x[:1] - h)).clamp(-1, 1))
+
+
+def test_skip_mode_skips_nonfinite_updates(tiny_config):
+    cfg = tiny_config.model_copy(deep=True)
+    cfg.train.nonfinite = "skip"
+    m = ISCL(cfg.network, cfg.train, generator=torch.Generator().manual_seed(0))
+    x, y = torch.rand(2, 1, 64, 64) * 2 - 1, torch.rand(2, 1, 64, 64) * 2 - 1
+    x[0, 0, 5, 5] = float("inf")
+    before = snapshot(m)
+    record = m.train_step(x, y)
+    assert record["skipped"] == "d,fg,h" and changed(before, m) == set()
+    # the next, clean batch trains normally
+    record = m.train_step(x.nan_to_num(posinf=0.0), y)
+    assert "skipped" not in record and changed(before, m) == set(NETS)
+    assert record["fg_grad_norm"] > 0 and record["f_std"] > 0

@@ -130,6 +130,7 @@ class ISCL:
         self.swa_F = make_swa(n.F)
         self.swa_G = make_swa(n.G)
         self.step = 0  # completed training steps
+        self.skipped: list[str] = []  # sub-steps skipped in the current step (nonfinite="skip")
 
     # ------------------------------------------------------------------ sub-steps
     def d_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -145,14 +146,12 @@ class ISCL:
         d_clean = losses.hinge_discriminator(n.D_Y(y), n.D_Y(f_x))
         boost = losses.boosting(n.D_X(pseudo_noisy), n.D_Y(pseudo_clean))
         total = d_noisy + d_clean + boost
-        self._check(dict(d_noisy=d_noisy, d_clean=d_clean, d_boosting=boost))
-        self.opt_d.zero_grad()
-        total.backward()
-        self.opt_d.step()
+        gnorm = self._update("d", total, dict(d_noisy=d_noisy, d_clean=d_clean, d_boosting=boost), self.opt_d,
+                             [*n.D_X.parameters(), *n.D_Y.parameters()])
         clamp_rho_(n.D_X)
         clamp_rho_(n.D_Y)
         self.sched_d.step()
-        return {"d_noisy": d_noisy, "d_clean": d_clean, "d_boosting": boost, "d_total": total}
+        return {"d_noisy": d_noisy, "d_clean": d_clean, "d_boosting": boost, "d_total": total, "d_grad_norm": gnorm}
 
     def fg_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """Adversarial + λ (cycle + bypass) for F and G; D is in the graph but frozen, H has no grad."""
@@ -172,10 +171,8 @@ class ISCL:
             cycle = losses.cycle_consistency(x, x_cycled, y, y_cycled)
             bypass = losses.bypass_consistency(f_x, pseudo_clean, y, f_pseudo_noisy)
             total = adv_noisy + adv_clean + self.train_config.cycle_weight * (cycle + bypass)
-            self._check(dict(g_adv_noisy=adv_noisy, g_adv_clean=adv_clean, g_cycle=cycle, g_bypass=bypass))
-            self.opt_fg.zero_grad()
-            total.backward()
-        self.opt_fg.step()
+            terms = dict(g_adv_noisy=adv_noisy, g_adv_clean=adv_clean, g_cycle=cycle, g_bypass=bypass)
+            gnorm = self._update("fg", total, terms, self.opt_fg, [*n.F.parameters(), *n.G.parameters()])
         clamp_rho_(n.F)
         clamp_rho_(n.G)
         self.sched_fg.step()
@@ -183,7 +180,7 @@ class ISCL:
             self.swa_F.update_parameters(n.F)
             self.swa_G.update_parameters(n.G)
         return {"g_adv_noisy": adv_noisy, "g_adv_clean": adv_clean, "g_cycle": cycle, "g_bypass": bypass,
-                "g_total": total}
+                "g_total": total, "fg_grad_norm": gnorm, "f_std": f_x.detach().std()}
 
     def h_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """Pseudo-noise label + noise consistency for H, with the just-updated F and G (no grad)."""
@@ -194,38 +191,63 @@ class ISCL:
         pseudo = losses.pseudo_noise(n.H(x), x, f_x)
         consistency = losses.noise_consistency(n.H(g_y), g_y, y)
         total = pseudo + consistency
-        self._check(dict(h_pseudo_noise=pseudo, h_noise_consistency=consistency))
-        self.opt_h.zero_grad()
-        total.backward()
-        self.opt_h.step()
+        gnorm = self._update("h", total, dict(h_pseudo_noise=pseudo, h_noise_consistency=consistency), self.opt_h,
+                             list(n.H.parameters()))
         clamp_rho_(n.H)
         self.sched_h.step()
-        return {"h_pseudo_noise": pseudo, "h_noise_consistency": consistency, "h_total": total}
+        return {"h_pseudo_noise": pseudo, "h_noise_consistency": consistency, "h_total": total, "h_grad_norm": gnorm}
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """One ISCL step on a noisy batch ``x`` and an unrelated clean batch ``y``, both (B, 1, P, P).
 
-        Returns every loss term and the learning rate of each optimizer for this update, as floats.
+        Returns every loss term, the gradient norms, the standard deviation of F(x) and the learning
+        rate of each optimizer for this update, as floats (plus ``skipped`` when an update was skipped).
         """
         lrs = {"lr_d": self.opt_d.param_groups[0]["lr"], "lr_fg": self.opt_fg.param_groups[0]["lr"],
                "lr_h": self.opt_h.param_groups[0]["lr"]}
         out: dict[str, Any] = {}
+        self.skipped = []
         out.update(self.d_step(x, y))
         out.update(self.fg_step(x, y))
         out.update(self.h_step(x, y))
         self.step += 1
-        result = {k: float(v.detach()) for k, v in out.items()}
+        result: dict[str, Any] = {k: float(v.detach()) for k, v in out.items()}
         result.update(lrs)
+        if self.skipped:
+            result["skipped"] = ",".join(self.skipped)
         return result
 
-    def _check(self, terms: dict[str, torch.Tensor]) -> None:
+    def _update(self, group: str, total: torch.Tensor, terms: dict[str, torch.Tensor], optimizer: Any,
+                params: list[nn.Parameter]) -> torch.Tensor:
+        """Backward and one optimizer update, guarded against NaN/Inf in the losses and the gradients.
+
+        With ``train.nonfinite == "stop"`` a non-finite value raises :class:`NonFiniteLossError` naming
+        the step and the term; with ``"skip"`` this update is skipped (logged in ``skipped``).
+        Returns the gradient's total 2-norm (NaN when the update was skipped for a bad loss).
+        """
         values = torch.stack([v.detach().float() for v in terms.values()])
-        if not bool(torch.isfinite(values).all()):
-            bad = [k for k, v in zip(terms, values.tolist()) if not torch.isfinite(torch.tensor(v))]
-            raise NonFiniteLossError(
-                f"non-finite loss at step {self.step + 1}: {', '.join(bad)} = "
-                f"{', '.join(str(terms[k].item()) for k in bad)}; lower the learning rate or check the input data"
-            )
+        bad = [k for k, ok in zip(terms, torch.isfinite(values).tolist()) if not ok]
+        if bad:
+            self._nonfinite(group, f"{', '.join(bad)} = {', '.join(str(terms[k].item()) for k in bad)}")
+            return torch.tensor(float("nan"))
+        optimizer.zero_grad()
+        total.backward()
+        gnorm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        if not bool(torch.isfinite(gnorm)):
+            optimizer.zero_grad()
+            self._nonfinite(group, f"the gradient of {group.upper()} (norm {gnorm.item()})")
+            return gnorm
+        optimizer.step()
+        return gnorm
+
+    def _nonfinite(self, group: str, what: str) -> None:
+        if self.train_config.nonfinite == "skip":
+            self.skipped.append(group)
+            return
+        raise NonFiniteLossError(
+            f"non-finite loss at step {self.step + 1}: {what}; lower the learning rate, check the input data "
+            "for NaN/Inf, or pass --skip-nonfinite to skip such batches"
+        )
 
     # ------------------------------------------------------------------ prediction weights
     @property

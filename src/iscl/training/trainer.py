@@ -25,6 +25,11 @@ LOG_FILE = "log.jsonl"
 CHECKPOINT_DIR = "checkpoint"
 BEST_DIR = "best"
 
+# GAN collapse watch: warn after this many consecutive steps of a constant F or an all-winning D
+COLLAPSE_PATIENCE = 50
+CONSTANT_STD = 1e-3  # std of F(x) on [-1, 1] below which the generator output counts as constant
+D_WINS = 1e-3  # both hinge losses below this: the discriminators separate real and fake perfectly
+
 # the loss terms shown on the progress bar (all terms go to the log)
 _BAR_TERMS = {"d_total": "D", "g_cycle": "cyc", "g_bypass": "byp", "h_total": "H"}
 
@@ -58,6 +63,7 @@ class Trainer:
         self.validation = validation
         self.validate_every = validate_every or max(1, config.train.steps // 20)
         self.best_psnr = -np.inf
+        self._streaks = {"constant_generator": 0, "discriminator_wins": 0}
         self.normalizer = normalizer
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.progress = progress
@@ -78,9 +84,10 @@ class Trainer:
         mine = self.config.model_dump(mode="json")
         theirs = saved_config.model_dump(mode="json")
         for section in ("network", "train"):
-            # checkpoint_every may change between runs; everything else shapes the trajectory
-            a = {k: v for k, v in mine[section].items() if k != "checkpoint_every"}
-            b = {k: v for k, v in theirs[section].items() if k != "checkpoint_every"}
+            # how often to save and what to do on NaN may change between runs; the rest shapes the trajectory
+            free = {"checkpoint_every", "nonfinite"}
+            a = {k: v for k, v in mine[section].items() if k not in free}
+            b = {k: v for k, v in theirs[section].items() if k not in free}
             if a != b:
                 diff = sorted(k for k in a if a[k] != b.get(k))
                 raise ckpt.CheckpointError(
@@ -140,6 +147,25 @@ class Trainer:
                        data_range=2.0) for c, n in zip(clean, noisy)]
         return float(np.mean(scores))
 
+    def _watch_collapse(self, record: dict[str, Any]) -> str | None:
+        """Count consecutive suspicious steps; return a warning once a streak reaches the patience."""
+        checks = {
+            "constant_generator": record.get("f_std", 1.0) < CONSTANT_STD,
+            "discriminator_wins": record.get("d_noisy", 1.0) < D_WINS and record.get("d_clean", 1.0) < D_WINS,
+        }
+        messages = {
+            "constant_generator": f"F's output has been constant (std < {CONSTANT_STD}) for {COLLAPSE_PATIENCE} "
+                                  "steps: the generator may have collapsed; check loss.png, lower --lr",
+            "discriminator_wins": f"the discriminators have won completely for {COLLAPSE_PATIENCE} steps "
+                                  "(hinge losses ~0): training may have collapsed; check loss.png",
+        }
+        warning = None
+        for name, bad in checks.items():
+            self._streaks[name] = self._streaks[name] + 1 if bad else 0
+            if self._streaks[name] == COLLAPSE_PATIENCE:
+                warning = messages[name]
+        return warning
+
     # ------------------------------------------------------------------ loop
     def run(self, stop_at: int | None = None) -> ISCL:
         """Train until step ``T`` (or ``stop_at`` < T, e.g. to split a run), then save a checkpoint.
@@ -163,6 +189,10 @@ class Trainer:
                 record = self.model.train_step(x, y)
                 record = {"step": self.model.step, **record, "seconds": time.perf_counter() - t0}
                 step = self.model.step
+                warning = self._watch_collapse(record)
+                if warning:
+                    record["warning"] = warning
+                    bar.write(f"warning at step {step}: {warning}")
                 if self.validation is not None and (step % self.validate_every == 0 or step == end):
                     record["val_psnr"] = self.validate()
                     if record["val_psnr"] > self.best_psnr:
