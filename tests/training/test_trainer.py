@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import tifffile
 import torch
-from synthetic import shapes_image, structured_noise
 
 from iscl.training import trainer as trainer_mod
 from iscl.training.checkpoint import load_train_state, read_checkpoint_config
+from synthetic import shapes_image, structured_noise
 
 
 def test_collapse_watch_warns_once_after_patience(tiny_pair, tiny_config):
