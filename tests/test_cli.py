@@ -225,3 +225,18 @@ def test_debug_shows_the_traceback(model_dir, tmp_path):
     r = runner.invoke(app, ["--debug", "denoise", str(model_dir), str(tmp_path / "nope.tif"), "--out",
                             str(tmp_path / "o")])
     assert r.exit_code != 0 and r.exception is not None
+
+
+def test_evaluate_trained_run_on_paired_folders(model_dir, tmp_path):
+    rng = np.random.default_rng(9)
+    for pool in ("clean", "noisy"):
+        (tmp_path / pool).mkdir()
+    for i in range(2):
+        c = shapes_image(rng, 48)
+        tifffile.imwrite(tmp_path / "clean" / f"{i}.tif", c)
+        tifffile.imwrite(tmp_path / "noisy" / f"{i}.tif", structured_noise(c, rng))
+    r = invoke("evaluate", model_dir, "--clean", tmp_path / "clean", "--noisy", tmp_path / "noisy",
+               "--out", tmp_path / "report")
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert "PSNR" in r.output and np.isfinite(report["psnr"])

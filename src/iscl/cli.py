@@ -184,6 +184,70 @@ def simulate(
     _run(body)
 
 
+# ------------------------------------------------------------------------------------------- evaluate
+@app.command()
+def evaluate(
+    clean: Annotated[str, typer.Option("--clean", help="clean images (folder or glob), paired with --noisy by name")],
+    noisy: Annotated[str, typer.Option("--noisy", help="noisy images of the SAME scenes")],
+    out: Annotated[Path, typer.Option("--out", help="report folder: report.json, report.csv")],
+    run: Annotated[Path | None, typer.Argument(help="a trained run: score it instead of cross-validating")] = None,
+    kfold: Annotated[int, typer.Option("--kfold", min=2, help="folds of the paper's protocol")] = 4,
+    preset: Annotated[str, typer.Option("--preset", help="training preset for cross-validation")] = "paper",
+    steps: Annotated[int | None, typer.Option("--steps", min=1, help="training steps per fold")] = None,
+    output: Annotated[str, typer.Option("--output", help="denoised, generator or bypass")] = "denoised",
+    weights: Annotated[str | None, typer.Option("--weights", help="swa or raw F")] = None,
+    device: Annotated[str, typer.Option("--device")] = "cpu",
+    quiet: Annotated[bool, typer.Option("--quiet")] = False,
+) -> None:
+    """The paper's k-fold protocol on paired folders, or score a trained RUN on a paired test set."""
+
+    def body():
+        from iscl.config import preset as make_preset
+        from iscl.evaluate.crossval import evaluate_model, run_crossval
+
+        if run is not None:
+            rep = evaluate_model(run, clean, noisy, output=output, weights=weights, out_dir=out, device=device)
+        else:
+            config = make_preset(preset)
+            if steps is not None:
+                config.train.steps = steps
+            rep = run_crossval(clean, noisy, k=kfold, config=config, out_dir=out, progress=not quiet, device=device,
+                               log=None if quiet else typer.echo)
+        typer.echo(f"PSNR {rep['psnr']:.2f} dB, SSIM {rep['ssim']:.4f}; report in {out}")
+
+    _run(body)
+
+
+# ------------------------------------------------------------------------------------------ benchmark
+@app.command()
+def benchmark(
+    out: Annotated[Path, typer.Option("--out", help="results folder (resumable: finished cells are kept)")],
+    datasets: Annotated[str, typer.Option("--datasets", help="comma-separated")] = "em-film,em-charge,ct-ldct",
+    methods: Annotated[str | None, typer.Option("--methods", help="comma-separated (default: all)")] = None,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="training steps, the same for every method")] = 400,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
+    n_train: Annotated[int | None, typer.Option("--n-train", min=1)] = None,
+    n_test: Annotated[int | None, typer.Option("--n-test", min=1)] = None,
+    size: Annotated[int | None, typer.Option("--size", min=64)] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    device: Annotated[str, typer.Option("--device")] = "cpu",
+    quiet: Annotated[bool, typer.Option("--quiet")] = False,
+) -> None:
+    """Every method on every simulated dataset with the same budget: results.md and figures."""
+
+    def body():
+        from iscl.evaluate.benchmark import run_benchmark
+        from iscl.methods.registry import DEFAULT_METHODS
+
+        names = [m.strip() for m in methods.split(",")] if methods else list(DEFAULT_METHODS)
+        run_benchmark([d.strip() for d in datasets.split(",")], names, steps=steps, batch_size=batch_size, seed=seed,
+                      out_dir=out, n_train=n_train, n_test=n_test, size=size, device=device, progress=not quiet,
+                      command="iscl " + " ".join(sys.argv[1:]), log=None if quiet else typer.echo)
+        typer.echo(f"results: {out / 'results.md'}")
+
+    _run(body)
+
+
 # ----------------------------------------------------------------------------------------------- demo
 @app.command()
 def demo(
