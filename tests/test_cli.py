@@ -240,3 +240,31 @@ def test_evaluate_trained_run_on_paired_folders(model_dir, tmp_path):
     assert r.exit_code == 0, r.output
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert "PSNR" in r.output and np.isfinite(report["psnr"])
+
+
+def test_more_hostile_inputs(model_dir, tmp_path):
+    d = tmp_path / "in dir ü"  # spaces and non-ASCII in the path
+    d.mkdir()
+    tifffile.imwrite(d / "rgb.tif", np.zeros((16, 16, 3), np.uint8), photometric="rgb")
+    np.save(d / "one.npy", np.zeros((1, 1), np.float32))
+    np.save(d / "three_by_five.npy", np.zeros((3, 5), np.float32))
+    np.save(d / "four_d.npy", np.zeros((2, 2, 8, 8), np.float32))
+    np.save(d / "constant é.npy", np.full((20, 20), 0.5, np.float32))
+    (tmp_path / "empty dir").mkdir()
+    out = tmp_path / "out"
+    for name, expected in (("rgb.tif", "colour"), ("one.npy", "too small"), ("three_by_five.npy", "too small"),
+                           ("four_d.npy", "4-D")):
+        r = invoke("denoise", model_dir, d / name, "--out", out, "--quiet")
+        assert r.exit_code == 1, name
+        line = error_line(r)
+        assert name in line and expected in line, line
+    assert not out.exists()
+    r = invoke("denoise", model_dir, tmp_path / "empty dir", "--out", out, "--quiet")
+    assert r.exit_code == 1 and "empty dir" in error_line(r)
+    # a constant image is legal: it is denoised, into a path with spaces and non-ASCII characters
+    r = invoke("denoise", model_dir, d / "constant é.npy", "--out", out, "--quiet")
+    assert r.exit_code == 0, r.output
+    assert np.isfinite(np.load(out / "constant é.npy")).all()
+    # --channel picks one channel of a colour image
+    r = invoke("denoise", model_dir, d / "rgb.tif", "--out", out, "--channel", "1", "--quiet")
+    assert r.exit_code == 0, r.output
