@@ -102,9 +102,17 @@ def train(
             if high is not None:
                 norm["high"] = high
             config.normalization = type(config.normalization).model_validate(norm)
-        model = train_files(clean, noisy, config, out, device=device, resume=resume, progress=not quiet,
-                            val_clean=val_clean, val_noisy=val_noisy, channel=channel, overwrite=overwrite)
-        typer.echo(f"trained {model.info.get('step')} steps; run in {out} (checkpoint/, log.jsonl, loss.png)")
+        from iscl.training import distributed
+
+        dist_info, dev = distributed.init_from_env(device)  # torchrun: one process per GPU (or CPU rank)
+        try:
+            model = train_files(clean, noisy, config, out, device=dev, resume=resume, progress=not quiet,
+                                val_clean=val_clean, val_noisy=val_noisy, channel=channel, overwrite=overwrite)
+        finally:
+            distributed.shutdown()
+        if dist_info.is_main:
+            extra = f" on {dist_info.world_size} processes" if dist_info.enabled else ""
+            typer.echo(f"trained {model.info.get('step')} steps{extra}; run in {out} (checkpoint/, log.jsonl, loss.png)")
 
     _run(body)
 

@@ -69,7 +69,8 @@ def train_files(clean: Sequence[str | os.PathLike], noisy: Sequence[str | os.Pat
             (run / name).unlink(missing_ok=True)
     model = train_arrays(clean_images, noisy_images, config, run_dir=run, device=device, resume=resume,
                          progress=progress, validation=validation)
-    plot_losses(run / LOG_FILE, run / "loss.png")
+    if model.trainer is None or model.trainer.dist.is_main:
+        plot_losses(run / LOG_FILE, run / "loss.png")
     return model
 
 

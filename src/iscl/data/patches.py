@@ -63,6 +63,9 @@ class PatchSampler:
     seed, stream : the shuffle of epoch ``e`` is drawn from ``default_rng([seed, stream, e])`` (use a
         different ``stream`` per domain), so the position (epoch, offset) is the complete state:
         resuming needs no RNG pickling.
+    rank, world_size : data-parallel training: every rank draws the same epoch permutation and takes
+        its shard ``perm[rank::world_size]`` (the ``DistributedSampler`` rule), so ranks see disjoint
+        patches.
 
     Example
     -------
@@ -72,8 +75,11 @@ class PatchSampler:
     """
 
     def __init__(self, images: Sequence[np.ndarray], patch_size: int, augment: bool = True, seed: int = 0,
-                 stream: int = 0):
+                 stream: int = 0, rank: int = 0, world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
         self.stream = int(stream)
+        self.rank, self.world_size = int(rank), int(world_size)
         self.images = [np.asarray(im, dtype=np.float32) for im in images]
         self.patch_size = int(patch_size)
         self.seed = int(seed)
@@ -102,7 +108,8 @@ class PatchSampler:
         return len(self.index)
 
     def _permutation(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, self.stream, epoch]).permutation(len(self.index))
+        perm = np.random.default_rng([self.seed, self.stream, epoch]).permutation(len(self.index))
+        return perm[self.rank :: self.world_size] if self.world_size > 1 else perm
 
     def patch(self, row: int) -> np.ndarray:
         """Cut patch number ``row`` of the index: (P, P) float32."""
@@ -123,7 +130,8 @@ class PatchSampler:
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "offset": self.offset, "n_patches": len(self.index), "seed": self.seed}
+        return {"epoch": self.epoch, "offset": self.offset, "n_patches": len(self.index), "seed": self.seed,
+                "world_size": self.world_size}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if int(state["n_patches"]) != len(self.index) or int(state["seed"]) != self.seed:
@@ -131,6 +139,9 @@ class PatchSampler:
                 f"sampler state does not match the data: saved {state['n_patches']} patches (seed "
                 f"{state['seed']}), now {len(self.index)} (seed {self.seed}); resume with the same images"
             )
+        if int(state.get("world_size", 1)) != self.world_size:
+            raise ValueError(f"the run was saved with {state.get('world_size', 1)} processes; resume it with the same "
+                             f"number (now {self.world_size})")
         self.epoch = int(state["epoch"])
         self.offset = int(state["offset"])
         self._order = self._permutation(self.epoch)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,7 @@ from iscl import losses
 from iscl.config import NetworkConfig, TrainConfig
 from iscl.nn import Generator, NoiseExtractor, PatchDiscriminator, clamp_rho_
 from iscl.nn.layers import truncated_normal_init_
+from iscl.training.distributed import all_true
 from iscl.training.optim import Lookahead, make_radam, make_scheduler, make_swa, swa_should_update
 
 __all__ = ["ISCLNetworks", "ISCL", "NonFiniteLossError", "blend", "Prediction"]
@@ -71,6 +73,58 @@ def frozen(*modules: nn.Module) -> Iterator[None]:
             p.requires_grad_(True)
 
 
+class DiscriminatorObjective(nn.Module):
+    """The D step's loss terms in one module, so that DDP sees a single forward per step."""
+
+    def __init__(self, D_X: nn.Module, D_Y: nn.Module):
+        super().__init__()
+        self.D_X, self.D_Y = D_X, D_Y
+
+    def forward(self, x, y, f_x, g_y, pseudo_noisy, pseudo_clean):  # noqa: D102
+        d_noisy = losses.hinge_discriminator(self.D_X(x), self.D_X(g_y))
+        d_clean = losses.hinge_discriminator(self.D_Y(y), self.D_Y(f_x))
+        boost = losses.boosting(self.D_X(pseudo_noisy), self.D_Y(pseudo_clean))
+        return d_noisy, d_clean, boost
+
+
+class GeneratorObjective(nn.Module):
+    """The F/G step's loss terms. The critics are held in a tuple, not registered: they are not
+    trained here (and DDP must not wait for their gradients)."""
+
+    def __init__(self, F: nn.Module, G: nn.Module, D_X: nn.Module, D_Y: nn.Module):
+        super().__init__()
+        self.F, self.G = F, G
+        self.critics = (D_X, D_Y)
+
+    def forward(self, x, y, h_x):  # noqa: D102
+        D_X, D_Y = self.critics
+        pseudo_clean = x - h_x
+        pseudo_noisy = y + h_x
+        f_x = self.F(x)
+        g_y = self.G(y)
+        f_pseudo_noisy = self.F(pseudo_noisy)
+        x_cycled = self.G(f_x)
+        y_cycled = self.F(g_y)
+        adv_clean = losses.adversarial_generator(D_Y(f_x))
+        adv_noisy = losses.adversarial_generator(D_X(g_y))
+        cycle = losses.cycle_consistency(x, x_cycled, y, y_cycled)
+        bypass = losses.bypass_consistency(f_x, pseudo_clean, y, f_pseudo_noisy)
+        return adv_noisy, adv_clean, cycle, bypass, f_x
+
+
+class ExtractorObjective(nn.Module):
+    """The H step's loss terms (two separate passes of H)."""
+
+    def __init__(self, H: nn.Module):
+        super().__init__()
+        self.H = H
+
+    def forward(self, x, y, f_x, g_y):  # noqa: D102
+        pseudo = losses.pseudo_noise(self.H(x), x, f_x)
+        consistency = losses.noise_consistency(self.H(g_y), g_y, y)
+        return pseudo, consistency
+
+
 @dataclass
 class Prediction:
     """Outputs of :func:`blend`, all (N, 1, H, W) on [-1, 1] units.
@@ -111,14 +165,29 @@ class ISCL:
     train : schedule; ``train.steps`` is T for the LR decay and the SWA start.
     device : where the networks live.
     generator : seeded ``torch.Generator`` for the weight initialisation.
+    distributed : wrap each sub-step's objective in ``DistributedDataParallel`` (needs an initialised
+        process group, see :mod:`iscl.training.distributed`).
     """
 
     def __init__(self, network: NetworkConfig, train: TrainConfig, device: str | torch.device = "cpu",
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, distributed: bool = False):
         self.train_config = train
         self.device = torch.device(device)
+        self.distributed = distributed
         self.nets = ISCLNetworks(network, generator, train.init_std).to(self.device)
         n = self.nets
+        objectives = (DiscriminatorObjective(n.D_X, n.D_Y), GeneratorObjective(n.F, n.G, n.D_X, n.D_Y),
+                      ExtractorObjective(n.H))
+        if distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # no buffer syncing (BIN has none); newer torch renamed broadcast_buffers
+            no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                       else {"broadcast_buffers": False})
+            # DDP broadcasts rank 0's weights at construction, so all ranks start equal
+            objectives = tuple(DDP(o, device_ids=ids, **no_sync) for o in objectives)
+        self.d_objective, self.fg_objective, self.h_objective = objectives
         t = train
         self.opt_fg = make_radam([*n.F.parameters(), *n.G.parameters()], t.lr, t.betas, t.eps)
         self.opt_d = Lookahead(make_radam([*n.D_X.parameters(), *n.D_Y.parameters()], t.lr, t.betas, t.eps),
@@ -142,9 +211,7 @@ class ISCL:
             h_x = n.H(x)
             pseudo_clean = x - h_x
             pseudo_noisy = y + h_x
-        d_noisy = losses.hinge_discriminator(n.D_X(x), n.D_X(g_y))
-        d_clean = losses.hinge_discriminator(n.D_Y(y), n.D_Y(f_x))
-        boost = losses.boosting(n.D_X(pseudo_noisy), n.D_Y(pseudo_clean))
+        d_noisy, d_clean, boost = self.d_objective(x, y, f_x, g_y, pseudo_noisy, pseudo_clean)
         total = d_noisy + d_clean + boost
         gnorm = self._update("d", total, dict(d_noisy=d_noisy, d_clean=d_clean, d_boosting=boost), self.opt_d,
                              [*n.D_X.parameters(), *n.D_Y.parameters()])
@@ -158,18 +225,8 @@ class ISCL:
         n = self.nets
         with torch.no_grad():
             h_x = n.H(x)
-        pseudo_clean = x - h_x
-        pseudo_noisy = y + h_x
         with frozen(n.D_X, n.D_Y):
-            f_x = n.F(x)
-            g_y = n.G(y)
-            f_pseudo_noisy = n.F(pseudo_noisy)
-            x_cycled = n.G(f_x)
-            y_cycled = n.F(g_y)
-            adv_clean = losses.adversarial_generator(n.D_Y(f_x))
-            adv_noisy = losses.adversarial_generator(n.D_X(g_y))
-            cycle = losses.cycle_consistency(x, x_cycled, y, y_cycled)
-            bypass = losses.bypass_consistency(f_x, pseudo_clean, y, f_pseudo_noisy)
+            adv_noisy, adv_clean, cycle, bypass, f_x = self.fg_objective(x, y, h_x)
             total = adv_noisy + adv_clean + self.train_config.cycle_weight * (cycle + bypass)
             terms = dict(g_adv_noisy=adv_noisy, g_adv_clean=adv_clean, g_cycle=cycle, g_bypass=bypass)
             gnorm = self._update("fg", total, terms, self.opt_fg, [*n.F.parameters(), *n.G.parameters()])
@@ -188,8 +245,7 @@ class ISCL:
         with torch.no_grad():
             f_x = n.F(x)
             g_y = n.G(y)
-        pseudo = losses.pseudo_noise(n.H(x), x, f_x)
-        consistency = losses.noise_consistency(n.H(g_y), g_y, y)
+        pseudo, consistency = self.h_objective(x, y, f_x, g_y)
         total = pseudo + consistency
         gnorm = self._update("h", total, dict(h_pseudo_noise=pseudo, h_noise_consistency=consistency), self.opt_h,
                              list(n.H.parameters()))
@@ -227,6 +283,9 @@ class ISCL:
         """
         values = torch.stack([v.detach().float() for v in terms.values()])
         bad = [k for k, ok in zip(terms, torch.isfinite(values).tolist()) if not ok]
+        if self.distributed and not all_true(not bad, self.device):  # every rank must skip or stop together
+            bad = bad or ["(non-finite on another rank)"]
+            terms = {**terms, bad[0]: torch.tensor(float("nan"))} if bad[0] not in terms else terms
         if bad:
             self._nonfinite(group, f"{', '.join(bad)} = {', '.join(str(terms[k].item()) for k in bad)}")
             return torch.tensor(float("nan"))

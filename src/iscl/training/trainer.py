@@ -18,6 +18,7 @@ from iscl.data.normalize import Normalizer
 from iscl.data.patches import PatchSampler
 from iscl.methods.iscl import ISCL
 from iscl.training import checkpoint as ckpt
+from iscl.training import distributed
 
 __all__ = ["Trainer", "LOG_FILE", "CHECKPOINT_DIR", "BEST_DIR"]
 
@@ -68,10 +69,12 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.progress = progress
         t = config.train
-        self.clean = PatchSampler(clean, t.patch_size, t.augment, seed=t.seed, stream=0)
-        self.noisy = PatchSampler(noisy, t.patch_size, t.augment, seed=t.seed, stream=1)
+        self.dist = distributed.info()
+        r, w = self.dist.rank, self.dist.world_size
+        self.clean = PatchSampler(clean, t.patch_size, t.augment, seed=t.seed, stream=0, rank=r, world_size=w)
+        self.noisy = PatchSampler(noisy, t.patch_size, t.augment, seed=t.seed, stream=1, rank=r, world_size=w)
         init_rng = torch.Generator().manual_seed(t.seed)
-        self.model = ISCL(config.network, t, device=device, generator=init_rng)
+        self.model = ISCL(config.network, t, device=device, generator=init_rng, distributed=self.dist.enabled)
         self.device = self.model.device
         if resume:
             self._resume()
@@ -99,7 +102,8 @@ class Trainer:
         self.best_psnr = float(state.get("best_psnr", -np.inf))
         self.clean.load_state_dict(state["sampler_clean"])
         self.noisy.load_state_dict(state["sampler_noisy"])
-        self._truncate_log(self.model.step)
+        if self.dist.is_main:
+            self._truncate_log(self.model.step)
 
     def _truncate_log(self, step: int) -> None:
         """Drop log lines written after the checkpoint we resume from (they will be recomputed)."""
@@ -176,10 +180,12 @@ class Trainer:
         t = self.config.train
         end = t.steps if stop_at is None else min(int(stop_at), t.steps)
         log_fh = None
-        if self.run_dir is not None:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            log_fh = open(self.run_dir / LOG_FILE, "a", buffering=1)
-        bar = tqdm(total=t.steps, initial=self.model.step, disable=not self.progress, unit="step",
+        main = self.dist.is_main  # rank 0 alone writes logs and checkpoints
+        writes = self.run_dir is not None and main
+        if writes:
+            self.run_dir.mkdir(parents=True, exist_ok=True)  # type: ignore[union-attr]
+            log_fh = open(self.run_dir / LOG_FILE, "a", buffering=1)  # type: ignore[operator]
+        bar = tqdm(total=t.steps, initial=self.model.step, disable=not (self.progress and main), unit="step",
                    dynamic_ncols=True, desc="ISCL")
         try:
             while self.model.step < end:
@@ -193,12 +199,12 @@ class Trainer:
                 if warning:
                     record["warning"] = warning
                     bar.write(f"warning at step {step}: {warning}")
-                if self.validation is not None and (step % self.validate_every == 0 or step == end):
+                if main and self.validation is not None and (step % self.validate_every == 0 or step == end):
                     record["val_psnr"] = self.validate()
                     if record["val_psnr"] > self.best_psnr:
                         self.best_psnr = record["val_psnr"]
-                        if self.run_dir is not None:
-                            self.save(self.run_dir / BEST_DIR)
+                        if writes:
+                            self.save(self.run_dir / BEST_DIR)  # type: ignore[operator]
                 if log_fh is not None:
                     log_fh.write(json.dumps(record) + "\n")
                 bar.update(1)
@@ -207,12 +213,14 @@ class Trainer:
                     postfix["val"] = f"{record['val_psnr']:.2f}dB"
                 bar.set_postfix(postfix, refresh=False)
                 every = t.checkpoint_every
-                if self.run_dir is not None and every and self.model.step % every == 0 and self.model.step < end:
+                if writes and every and self.model.step % every == 0 and self.model.step < end:
                     self.save()
         finally:
             bar.close()
             if log_fh is not None:
                 log_fh.close()
-        if self.run_dir is not None:
+        if writes:
             self.save()
+        if self.dist.enabled:  # nobody reads the checkpoint before rank 0 has written it
+            torch.distributed.barrier()
         return self.model
