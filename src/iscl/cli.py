@@ -112,7 +112,8 @@ def train(
             distributed.shutdown()
         if dist_info.is_main:
             extra = f" on {dist_info.world_size} processes" if dist_info.enabled else ""
-            typer.echo(f"trained {model.info.get('step')} steps{extra}; run in {out} (checkpoint/, log.jsonl, loss.png)")
+            typer.echo(f"trained {model.info.get('step')} steps{extra}; run in {out} "
+                       "(checkpoint/, log.jsonl, loss.png)")
 
     _run(body)
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.multiprocessing as mp
-from synthetic import shapes_image, structured_noise
 
 from iscl.config import Config, NetworkConfig, TrainConfig
+from synthetic import shapes_image, structured_noise
 
 
 def _free_port() -> int:
