@@ -268,3 +268,40 @@ def test_more_hostile_inputs(model_dir, tmp_path):
     # --channel picks one channel of a colour image
     r = invoke("denoise", model_dir, d / "rgb.tif", "--out", out, "--channel", "1", "--quiet")
     assert r.exit_code == 0, r.output
+
+
+def test_file_size_limit_during_denoise_and_checkpointing(model_dir, tmp_path):
+    """A real limit (RLIMIT_FSIZE): writes fail with EFBIG; one-line errors, nothing half-written."""
+    import os
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write with EFBIG instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    src = tmp_path / "big.npy"
+    np.save(src, np.random.default_rng(0).random((128, 128)).astype(np.float32))  # 64 KiB output
+    cmd = [sys.executable, "-m", "iscl", "denoise", str(model_dir), str(src), "--out", str(tmp_path / "out"),
+           "--quiet"]
+    r = subprocess.run(cmd, preexec_fn=limit, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "big.npy" in r.stderr and "File too large" in r.stderr
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+    data = tmp_path / "data"
+    for pool in ("clean", "noisy"):
+        (data / pool).mkdir(parents=True)
+        tifffile.imwrite(data / pool / "a.tif", shapes_image(np.random.default_rng(1)))
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(json.loads((model_dir / "checkpoint" / "config.json").read_text())["config"]))
+    cmd = [sys.executable, "-m", "iscl", "train", "--config", str(config), "--clean", str(data / "clean"),
+           "--noisy", str(data / "noisy"), "--out", str(tmp_path / "run"), "--quiet"]
+    r = subprocess.run(cmd, preexec_fn=limit, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "could not write the checkpoint" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run" / "checkpoint").exists()
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["log.jsonl"]

@@ -28,8 +28,8 @@ from iscl import __version__
 from iscl.config import FORMAT_VERSION, Config
 from iscl.data.normalize import Normalizer
 
-__all__ = ["CheckpointError", "save_checkpoint", "read_checkpoint_config", "load_weights", "load_train_state",
-           "resolve_checkpoint"]
+__all__ = ["CheckpointError", "CheckpointWriteError", "save_checkpoint", "read_checkpoint_config", "load_weights",
+           "load_train_state", "resolve_checkpoint"]
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
@@ -38,6 +38,10 @@ STATE_FILE = "train_state.pt"
 
 class CheckpointError(ValueError):
     """A checkpoint cannot be used; the message names the directory and the reason (one line)."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, file size limit, ...); nothing half-written remains."""
 
 
 def _fsync_file(path: Path) -> None:
@@ -99,6 +103,12 @@ def save_checkpoint(path: str | os.PathLike, *, config: Config, normalizer: Norm
         for f in tmp.iterdir():
             _fsync_file(f)
         _replace_dir(tmp, final)
+    except Exception as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        # safetensors and torch report disk errors with their own exception types: one clear OSError
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        kept = "the previous checkpoint is kept" if final.exists() else "no checkpoint was written"
+        raise CheckpointWriteError(f"{final}: could not write the checkpoint ({reason}); {kept}") from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
