@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from common import median_seconds, metadata, peak_rss_mib
 
 TRAIN_GFLOP_PER_SAMPLE = 201.0 / 8
