@@ -89,3 +89,19 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path, tiny_config)
         assert torch.allclose(a[k], b[k], atol=1e-6, rtol=0), k
     steps = [json.loads(x)["step"] for x in (killed / "log.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 41))
+
+
+def test_validation_psnr_is_logged_and_best_model_kept(tiny_pair, tiny_config, tmp_path):
+    import iscl
+
+    clean, noisy = tiny_pair
+    rng = np.random.default_rng(5)
+    val_clean = [shapes_image(rng) for _ in range(2)]
+    val_noisy = [structured_noise(c, rng) for c in val_clean]
+    iscl.train(clean, noisy, tiny_config, run_dir=tmp_path / "run", progress=False,
+               validation=(val_clean, val_noisy))
+    records = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    scores = [r["val_psnr"] for r in records if "val_psnr" in r]
+    assert len(scores) == tiny_config.train.steps  # steps // 20 rounds up to every step here
+    best_step = records[int(np.argmax([r.get("val_psnr", -np.inf) for r in records]))]["step"]
+    assert read_checkpoint_config(tmp_path / "run" / "best")[2]["step"] == best_step
