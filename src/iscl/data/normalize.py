@@ -67,8 +67,13 @@ class Normalizer(BaseModel):
 
     def forward(self, image: np.ndarray) -> np.ndarray:
         """Map an array in the image's units to float32 with [low, high] → [-1, 1]."""
+        a = np.asarray(image)
         scale = 2.0 / (self.high - self.low)
-        return ((np.asarray(image, dtype=np.float64) - self.low) * scale - 1.0).astype(np.float32)
+        out = a.astype(_work_dtype(a.dtype))  # float32 work for ≤16-bit data: no 8-byte copy of a huge image
+        out -= self.low
+        out *= scale
+        out -= 1.0
+        return out.astype(np.float32, copy=False)
 
     def inverse(self, values: np.ndarray, dtype: np.dtype | type | None = None) -> np.ndarray:
         """Map [-1, 1] values back to the image's units.
@@ -76,7 +81,12 @@ class Normalizer(BaseModel):
         For integer ``dtype`` the result is rounded and clipped to that dtype's range; for float
         dtypes it is cast. ``dtype=None`` returns float32.
         """
-        out = (np.asarray(values, dtype=np.float64) + 1.0) * (0.5 * (self.high - self.low)) + self.low
+        v = np.asarray(values)
+        work = np.float64 if dtype is not None and _work_dtype(np.dtype(dtype)) == np.float64 else np.float32
+        out = v.astype(work)
+        out += 1.0
+        out *= 0.5 * (self.high - self.low)
+        out += self.low
         if dtype is None:
             return out.astype(np.float32)
         dtype = np.dtype(dtype)
@@ -84,6 +94,14 @@ class Normalizer(BaseModel):
             lo, hi = dtype_range(dtype)
             return np.clip(np.rint(out), lo, hi).astype(dtype)
         return out.astype(dtype)
+
+
+def _work_dtype(dtype: np.dtype) -> type:
+    """float32 is exact enough for 8/16-bit and float32 images (integers up to 2**24 are exact);
+    wider types keep float64."""
+    if dtype.itemsize <= 2 or dtype == np.float32:
+        return np.float32
+    return np.float64
 
 
 def dtype_range(dtype: np.dtype | type) -> tuple[float, float]:
