@@ -26,11 +26,12 @@ from iscl.evaluate.benchmark import run_benchmark  # noqa: E402
 from iscl.methods.registry import DEFAULT_METHODS  # noqa: E402
 from iscl.simulate.datasets import DATASETS  # noqa: E402
 
-# The budget of docs/benchmark.md: the largest that finishes all three datasets in about 35-45 minutes
-# on a shared 2-core CPU (ISCL's cpu preset: 0.8 s per step at batch 8 on an idle machine, 1.4-1.6 s
-# while other processes hold a core). lr 1e-3: at 300 steps the old preset rate 2e-4 left every
-# generator far from converged (docs/benchmark.md); 1e-3 was picked on separately simulated
-# validation pairs, never on the test images, and is now the cpu preset's rate too.
+# The budget of docs/benchmark.md: the largest that should finish all three datasets in about 35
+# minutes on an idle 2-core CPU (ISCL's cpu preset: 0.8 s per step at batch 8; the documented run took
+# ~70 minutes on a machine shared with other jobs, where a step took 1.7-5 s).
+# lr 1e-3: at 300 steps the old preset rate 2e-4 left every generator far from converged
+# (docs/benchmark.md); 1e-3 was picked on separately simulated validation pairs, never on the test
+# images, and is now the cpu preset's rate too.
 STEPS = 300
 BATCH_SIZE = 8
 SEED = 0
