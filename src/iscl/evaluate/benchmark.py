@@ -187,7 +187,7 @@ def run_benchmark(
     datasets: Sequence[str] = ("em-film", "em-charge", "ct-ldct"),
     methods: Sequence[str] = registry.DEFAULT_METHODS,
     *,
-    steps: int = 400,
+    steps: int = 300,
     batch_size: int = 8,
     seed: int = 0,
     out_dir: str | os.PathLike,
