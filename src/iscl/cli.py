@@ -233,7 +233,7 @@ def benchmark(
     out: Annotated[Path, typer.Option("--out", help="results folder (resumable: finished cells are kept)")],
     datasets: Annotated[str, typer.Option("--datasets", help="comma-separated")] = "em-film,em-charge,ct-ldct",
     methods: Annotated[str | None, typer.Option("--methods", help="comma-separated (default: all)")] = None,
-    steps: Annotated[int, typer.Option("--steps", min=1, help="training steps, the same for every method")] = 400,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="training steps, the same for every method")] = 300,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
     n_train: Annotated[int | None, typer.Option("--n-train", min=1)] = None,
     n_test: Annotated[int | None, typer.Option("--n-test", min=1)] = None,
