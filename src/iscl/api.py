@@ -24,7 +24,6 @@ from torch import nn
 
 from iscl.config import Config, NetworkConfig, preset
 from iscl.data.normalize import Normalizer, fit_normalizer
-from iscl.methods.iscl import blend
 from iscl.nn import Generator, NoiseExtractor
 from iscl.predict import predict_image
 from iscl.training import checkpoint as ckpt
@@ -100,28 +99,6 @@ class Denoiser:
         return cls(config, normalizer, F_swa, F_raw, H, info, device)
 
     # ------------------------------------------------------------------ prediction
-    @torch.no_grad()
-    def predict_normalized(self, x: torch.Tensor, output: Output = "denoised", gamma: float | None = None,
-                           weights: Literal["swa", "raw"] | None = None) -> torch.Tensor:
-        """Network-level prediction on (N, 1, H, W) tensors on [-1, 1]; returns the same shape.
-
-        ``output``: ``denoised`` = clip(γ F(x) + (1-γ)(x - H(x)), -1, 1); ``generator`` = F(x);
-        ``bypass`` = x - H(x); ``noise`` = H(x) (noise map, [-1, 1] units: 2/(high-low) per image unit).
-        """
-        gamma = self.config.predict.gamma if gamma is None else float(gamma)
-        which = weights or self.config.predict.weights
-        F_net = self.F_swa if which == "swa" else self.F_raw
-        x = x.to(self.device)
-        if output == "noise":
-            return self.H(x)
-        if output == "generator":
-            return F_net(x)
-        if output == "bypass":
-            return x - self.H(x)
-        if output != "denoised":
-            raise ValueError(f"output must be one of denoised, generator, bypass, noise; got {output!r}")
-        return blend(F_net, self.H, x, gamma).denoised
-
     def predict(self, image: np.ndarray, *, outputs: Sequence[Output] = ("denoised",), gamma: float | None = None,
                 weights: Literal["swa", "raw"] | None = None, tile: int | None = None, overlap: int = 32,
                 stats_tiles: int = 16, on_tile=None) -> dict[str, np.ndarray]:
@@ -172,10 +149,7 @@ class Denoiser:
 
     # ------------------------------------------------------------------ persistence
     def weights(self) -> dict[str, torch.Tensor]:
-        out: dict[str, torch.Tensor] = {}
-        for prefix, module in (("F", self.F_swa), ("F_raw", self.F_raw), ("H", self.H)):
-            out.update({f"{prefix}.{k}": v for k, v in module.state_dict().items()})
-        return out
+        return ckpt.prediction_weights(self.F_swa, self.F_raw, self.H)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write a checkpoint directory (resumable when this model came from :func:`train`)."""

@@ -29,7 +29,7 @@ from iscl.config import FORMAT_VERSION, Config
 from iscl.data.normalize import Normalizer
 
 __all__ = ["CheckpointError", "CheckpointWriteError", "save_checkpoint", "read_checkpoint_config", "load_weights",
-           "load_train_state", "resolve_checkpoint"]
+           "load_train_state", "resolve_checkpoint", "prediction_weights"]
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
@@ -70,6 +70,14 @@ def _replace_dir(tmp: Path, final: Path) -> None:
             os.close(fd)
     except OSError:
         pass
+
+
+def prediction_weights(F_swa: torch.nn.Module, F_raw: torch.nn.Module, H: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The flat ``F.*`` / ``F_raw.*`` / ``H.*`` tensor map stored in ``weights.safetensors``."""
+    out: dict[str, torch.Tensor] = {}
+    for prefix, module in (("F", F_swa), ("F_raw", F_raw), ("H", H)):
+        out.update({f"{prefix}.{k}": v for k, v in module.state_dict().items()})
+    return out
 
 
 def save_checkpoint(path: str | os.PathLike, *, config: Config, normalizer: Normalizer,

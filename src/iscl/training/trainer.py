@@ -117,10 +117,7 @@ class Trainer:
     def prediction_weights(self) -> dict[str, torch.Tensor]:
         """``F.*`` (SWA average if it has snapshots, else raw), ``F_raw.*`` and ``H.*``."""
         m = self.model
-        out: dict[str, torch.Tensor] = {}
-        for prefix, module in (("F", m.prediction_F("swa")), ("F_raw", m.nets.F), ("H", m.nets.H)):
-            out.update({f"{prefix}.{k}": v for k, v in module.state_dict().items()})
-        return out
+        return ckpt.prediction_weights(m.prediction_F("swa"), m.nets.F, m.nets.H)
 
     def info(self) -> dict[str, Any]:
         m = self.model
