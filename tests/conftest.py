@@ -10,6 +10,19 @@ from iscl.config import Config, NetworkConfig, TrainConfig
 from synthetic import shapes_image, structured_noise
 
 
+def pytest_addoption(parser):
+    parser.addoption("--run-manual", action="store_true", help="also run tests marked manual (minutes each)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-manual"):
+        return
+    skip = pytest.mark.skip(reason="manual: minutes long (torch.compile); run with pytest --run-manual")
+    for item in items:
+        if "manual" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_threads():
     # same thread count in every test: CPU kernels are then bit-for-bit repeatable

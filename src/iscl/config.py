@@ -53,6 +53,10 @@ class TrainConfig(_Strict):
     seed: int = 0
     checkpoint_every: int = Field(0, ge=0, description="save a resumable checkpoint every N steps (0: end only)")
     init_std: float = Field(0.05, gt=0)
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="forward passes under autocast (weights, BIN statistics and losses stay fp32)")
+    channels_last: bool = Field(False, description="NHWC memory format for weights and activations")
+    compile: bool = Field(False, description="torch.compile each sub-step objective (slow first steps)")
     nonfinite: Literal["stop", "skip"] = Field(
         "stop", description="on a NaN/Inf loss or gradient: stop with an error, or skip that update")
 
@@ -68,6 +72,8 @@ class PredictConfig(_Strict):
 
     gamma: float = Field(0.5, ge=0, le=1)
     weights: Literal["swa", "raw"] = "swa"
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="prediction under autocast (BIN statistics and blending stay fp32)")
 
 
 class Config(_Strict):

@@ -29,6 +29,7 @@ from torch import nn
 
 from iscl.data.tiling import Tile, blend_weights, plan_tiles, read_window
 from iscl.nn.norm import BatchInstanceNorm, statistics_override
+from iscl.precision import autocast, check_precision
 
 __all__ = ["predict_image", "TiledStatistics"]
 
@@ -93,9 +94,10 @@ class TiledStatistics:
         if key not in self.frozen:
             raise RuntimeError("tiled prediction reached a BIN layer without statistics; this is a bug")
         mean, var = self.frozen[key]
-        scale = (layer.gamma.double() * torch.rsqrt(var + layer.eps)).to(h.dtype).view(1, -1, 1, 1)
-        shift = layer.beta.view(1, -1, 1, 1) - scale * mean.to(h.dtype).view(1, -1, 1, 1)
-        return torch.addcmul(shift, h, scale)
+        # normalized in fp32 (like BatchInstanceNorm) even when the convolutions run in bf16/fp16
+        scale = (layer.gamma.double() * torch.rsqrt(var + layer.eps)).float().view(1, -1, 1, 1)
+        shift = layer.beta.view(1, -1, 1, 1) - scale * mean.float().view(1, -1, 1, 1)
+        return torch.addcmul(shift, h.float(), scale).to(h.dtype)
 
 
 def _spread(items: list, k: int) -> list:
@@ -111,14 +113,14 @@ def _whole(F_net: nn.Module, H_net: nn.Module, x: np.ndarray, gamma: float, outp
     t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None, None].to(device)
     res: dict[str, np.ndarray] = {}
     with torch.no_grad():
-        noise = H_net(t)
+        noise = H_net(t).float()
         bypass = t - noise
         if "noise" in outputs:
             res["noise"] = noise[0, 0].float().cpu().numpy()
         if "bypass" in outputs:
             res["bypass"] = bypass[0, 0].float().cpu().numpy()
         if "generator" in outputs or "denoised" in outputs:
-            f = F_net(t)
+            f = F_net(t).float()
             if "generator" in outputs:
                 res["generator"] = f[0, 0].float().cpu().numpy()
             if "denoised" in outputs:
@@ -128,7 +130,7 @@ def _whole(F_net: nn.Module, H_net: nn.Module, x: np.ndarray, gamma: float, outp
 
 def predict_image(F_net: nn.Module, H_net: nn.Module, image: np.ndarray, *, gamma: float = 0.5,
                   outputs: tuple[str, ...] = ("denoised",), tile: int | None = None, overlap: int = 32,
-                  stats_tiles: int = 16, device: str | torch.device = "cpu",
+                  stats_tiles: int = 16, device: str | torch.device = "cpu", precision: str = "fp32",
                   on_tile: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
     """ISCL outputs for one 2-D image already normalized to [-1, 1].
 
@@ -140,6 +142,8 @@ def predict_image(F_net: nn.Module, H_net: nn.Module, image: np.ndarray, *, gamm
     overlap : minimum overlap of neighbouring windows (pixels); blending ramps over it.
     stats_tiles : at most this many tiles (spread evenly) measure the whole-image statistics; with
         all tiles (the default covers images up to 4 × 4 tiles) tiled equals whole-image prediction.
+    precision : ``fp32``, or ``bf16``/``fp16`` to run the convolutions under autocast (BIN statistics,
+        blending and outputs stay fp32; see :mod:`iscl.precision`).
     on_tile : progress callback ``(done, total)`` over the statistics and output passes.
 
     Returns
@@ -150,6 +154,14 @@ def predict_image(F_net: nn.Module, H_net: nn.Module, image: np.ndarray, *, gamm
     if bad:
         raise ValueError(f"unknown outputs {sorted(bad)}; expected some of {OUTPUTS}")
     device = torch.device(device)
+    check_precision(precision, device)
+    with autocast(precision, device):
+        return _predict(F_net, H_net, image, gamma, outputs, tile, overlap, stats_tiles, device, on_tile)
+
+
+def _predict(F_net: nn.Module, H_net: nn.Module, image: np.ndarray, gamma: float, outputs: tuple[str, ...],
+             tile: int | None, overlap: int, stats_tiles: int, device: torch.device,
+             on_tile: Callable[[int, int], None] | None) -> dict[str, np.ndarray]:
     h, w = image.shape
     if tile is None or (h <= tile and w <= tile):
         return _whole(F_net, H_net, image, gamma, outputs, device)
@@ -215,11 +227,11 @@ def _run_tile(F_net: nn.Module, H_net: nn.Module, image: np.ndarray, t: Tile, ti
               size: tuple[int, int], stats_F: TiledStatistics | None, stats_H: TiledStatistics, gamma: float,
               outputs: tuple[str, ...], acc: dict[str, np.ndarray], weight: np.ndarray, device: torch.device) -> None:
     xh, (hy, hx) = _window(image, t, size, stats_H, False, device)
-    noise = H_net(xh)
+    noise = H_net(xh).float()
     f = None
     if stats_F is not None:
         x, _ = _window(image, t, size, stats_F, True, device)
-        f = F_net(x)[..., :hy, :hx]
+        f = F_net(x)[..., :hy, :hx].float()
     bw = blend_weights(t, tiles)[:hy, :hx]
     ys, xs = slice(t.y0, t.y0 + hy), slice(t.x0, t.x0 + hx)
     bypass = xh - noise

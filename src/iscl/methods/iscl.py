@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,7 @@ from iscl import losses
 from iscl.config import NetworkConfig, TrainConfig
 from iscl.nn import Generator, NoiseExtractor, PatchDiscriminator, clamp_rho_
 from iscl.nn.layers import truncated_normal_init_
+from iscl.precision import autocast, check_precision, grad_scaler
 from iscl.training.distributed import all_true
 from iscl.training.optim import Lookahead, make_radam, make_scheduler, make_swa, swa_should_update
 
@@ -81,9 +83,11 @@ class DiscriminatorObjective(nn.Module):
         self.D_X, self.D_Y = D_X, D_Y
 
     def forward(self, x, y, f_x, g_y, pseudo_noisy, pseudo_clean):  # noqa: D102
-        d_noisy = losses.hinge_discriminator(self.D_X(x), self.D_X(g_y))
-        d_clean = losses.hinge_discriminator(self.D_Y(y), self.D_Y(f_x))
-        boost = losses.boosting(self.D_X(pseudo_noisy), self.D_Y(pseudo_clean))
+        # .float(): under mixed precision the critics answer in bf16/fp16; the losses reduce in fp32
+        D_X, D_Y = (lambda t: self.D_X(t).float()), (lambda t: self.D_Y(t).float())
+        d_noisy = losses.hinge_discriminator(D_X(x), D_X(g_y))
+        d_clean = losses.hinge_discriminator(D_Y(y), D_Y(f_x))
+        boost = losses.boosting(D_X(pseudo_noisy), D_Y(pseudo_clean))
         return d_noisy, d_clean, boost
 
 
@@ -98,15 +102,17 @@ class GeneratorObjective(nn.Module):
 
     def forward(self, x, y, h_x):  # noqa: D102
         D_X, D_Y = self.critics
+        # .float(): fp32 losses under mixed precision (a no-op in fp32)
+        F, G = (lambda t: self.F(t).float()), (lambda t: self.G(t).float())
         pseudo_clean = x - h_x
         pseudo_noisy = y + h_x
-        f_x = self.F(x)
-        g_y = self.G(y)
-        f_pseudo_noisy = self.F(pseudo_noisy)
-        x_cycled = self.G(f_x)
-        y_cycled = self.F(g_y)
-        adv_clean = losses.adversarial_generator(D_Y(f_x))
-        adv_noisy = losses.adversarial_generator(D_X(g_y))
+        f_x = F(x)
+        g_y = G(y)
+        f_pseudo_noisy = F(pseudo_noisy)
+        x_cycled = G(f_x)
+        y_cycled = F(g_y)
+        adv_clean = losses.adversarial_generator(D_Y(f_x).float())
+        adv_noisy = losses.adversarial_generator(D_X(g_y).float())
         cycle = losses.cycle_consistency(x, x_cycled, y, y_cycled)
         bypass = losses.bypass_consistency(f_x, pseudo_clean, y, f_pseudo_noisy)
         return adv_noisy, adv_clean, cycle, bypass, f_x
@@ -120,8 +126,8 @@ class ExtractorObjective(nn.Module):
         self.H = H
 
     def forward(self, x, y, f_x, g_y):  # noqa: D102
-        pseudo = losses.pseudo_noise(self.H(x), x, f_x)
-        consistency = losses.noise_consistency(self.H(g_y), g_y, y)
+        pseudo = losses.pseudo_noise(self.H(x).float(), x, f_x)
+        consistency = losses.noise_consistency(self.H(g_y).float(), g_y, y)
         return pseudo, consistency
 
 
@@ -153,6 +159,14 @@ def blend(F_net: nn.Module, H_net: nn.Module, x: torch.Tensor, gamma: float = 0.
     return Prediction(denoised=denoised, generator=f, bypass=bypass, noise=noise)
 
 
+def _advance(scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+    """Step an LR schedule; the decay follows the step count even when an update was skipped (a
+    NaN batch, or an fp16 overflow the GradScaler skipped), for which torch would warn."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+        scheduler.step()
+
+
 class ISCL:
     """ISCL training state: networks, optimizers, LR schedules, Lookahead, SWA, and the step count.
 
@@ -167,6 +181,11 @@ class ISCL:
     generator : seeded ``torch.Generator`` for the weight initialisation.
     distributed : wrap each sub-step's objective in ``DistributedDataParallel`` (needs an initialised
         process group, see :mod:`iscl.training.distributed`).
+
+    ``train.precision`` runs every forward pass under autocast (weights, optimizer state, BIN
+    statistics and losses stay fp32; fp16 adds a ``GradScaler``). ``train.channels_last`` stores the
+    networks' weights and activations in NHWC. ``train.compile`` compiles each sub-step objective with
+    ``torch.compile`` (the first steps are slow while it compiles).
     """
 
     def __init__(self, network: NetworkConfig, train: TrainConfig, device: str | torch.device = "cpu",
@@ -174,7 +193,11 @@ class ISCL:
         self.train_config = train
         self.device = torch.device(device)
         self.distributed = distributed
+        check_precision(train.precision, self.device)
         self.nets = ISCLNetworks(network, generator, train.init_std).to(self.device)
+        if train.channels_last:
+            self.nets.to(memory_format=torch.channels_last)
+        self.scaler = grad_scaler(train.precision, self.device)
         n = self.nets
         objectives = (DiscriminatorObjective(n.D_X, n.D_Y), GeneratorObjective(n.F, n.G, n.D_X, n.D_Y),
                       ExtractorObjective(n.H))
@@ -187,6 +210,8 @@ class ISCL:
                        else {"broadcast_buffers": False})
             # DDP broadcasts rank 0's weights at construction, so all ranks start equal
             objectives = tuple(DDP(o, device_ids=ids, **no_sync) for o in objectives)
+        if train.compile:
+            objectives = tuple(torch.compile(o) for o in objectives)
         self.d_objective, self.fg_objective, self.h_objective = objectives
         t = train
         self.opt_fg = make_radam([*n.F.parameters(), *n.G.parameters()], t.lr, t.betas, t.eps)
@@ -205,34 +230,36 @@ class ISCL:
     def d_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """Hinge loss for D_X and D_Y plus boosting; F, G, H are evaluated without gradients."""
         n = self.nets
-        with torch.no_grad():
-            f_x = n.F(x)
-            g_y = n.G(y)
-            h_x = n.H(x)
-            pseudo_clean = x - h_x
-            pseudo_noisy = y + h_x
-        d_noisy, d_clean, boost = self.d_objective(x, y, f_x, g_y, pseudo_noisy, pseudo_clean)
+        with self._autocast():
+            with torch.no_grad():
+                f_x = n.F(x)
+                g_y = n.G(y)
+                h_x = n.H(x)
+                pseudo_clean = x - h_x
+                pseudo_noisy = y + h_x
+            d_noisy, d_clean, boost = self.d_objective(x, y, f_x, g_y, pseudo_noisy, pseudo_clean)
         total = d_noisy + d_clean + boost
         gnorm = self._update("d", total, dict(d_noisy=d_noisy, d_clean=d_clean, d_boosting=boost), self.opt_d,
                              [*n.D_X.parameters(), *n.D_Y.parameters()])
         clamp_rho_(n.D_X)
         clamp_rho_(n.D_Y)
-        self.sched_d.step()
+        _advance(self.sched_d)
         return {"d_noisy": d_noisy, "d_clean": d_clean, "d_boosting": boost, "d_total": total, "d_grad_norm": gnorm}
 
     def fg_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """Adversarial + λ (cycle + bypass) for F and G; D is in the graph but frozen, H has no grad."""
         n = self.nets
-        with torch.no_grad():
-            h_x = n.H(x)
         with frozen(n.D_X, n.D_Y):
-            adv_noisy, adv_clean, cycle, bypass, f_x = self.fg_objective(x, y, h_x)
+            with self._autocast():
+                with torch.no_grad():
+                    h_x = n.H(x).float()
+                adv_noisy, adv_clean, cycle, bypass, f_x = self.fg_objective(x, y, h_x)
             total = adv_noisy + adv_clean + self.train_config.cycle_weight * (cycle + bypass)
             terms = dict(g_adv_noisy=adv_noisy, g_adv_clean=adv_clean, g_cycle=cycle, g_bypass=bypass)
             gnorm = self._update("fg", total, terms, self.opt_fg, [*n.F.parameters(), *n.G.parameters()])
         clamp_rho_(n.F)
         clamp_rho_(n.G)
-        self.sched_fg.step()
+        _advance(self.sched_fg)
         if swa_should_update(self.step + 1, self.train_config.steps, self.train_config.swa_start):
             self.swa_F.update_parameters(n.F)
             self.swa_G.update_parameters(n.G)
@@ -242,15 +269,16 @@ class ISCL:
     def h_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """Pseudo-noise label + noise consistency for H, with the just-updated F and G (no grad)."""
         n = self.nets
-        with torch.no_grad():
-            f_x = n.F(x)
-            g_y = n.G(y)
-        pseudo, consistency = self.h_objective(x, y, f_x, g_y)
+        with self._autocast():
+            with torch.no_grad():
+                f_x = n.F(x).float()
+                g_y = n.G(y).float()
+            pseudo, consistency = self.h_objective(x, y, f_x, g_y)
         total = pseudo + consistency
         gnorm = self._update("h", total, dict(h_pseudo_noise=pseudo, h_noise_consistency=consistency), self.opt_h,
                              list(n.H.parameters()))
         clamp_rho_(n.H)
-        self.sched_h.step()
+        _advance(self.sched_h)
         return {"h_pseudo_noise": pseudo, "h_noise_consistency": consistency, "h_total": total, "h_grad_norm": gnorm}
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
@@ -261,11 +289,15 @@ class ISCL:
         """
         lrs = {"lr_d": self.opt_d.param_groups[0]["lr"], "lr_fg": self.opt_fg.param_groups[0]["lr"],
                "lr_h": self.opt_h.param_groups[0]["lr"]}
+        if self.train_config.channels_last:
+            x, y = x.contiguous(memory_format=torch.channels_last), y.contiguous(memory_format=torch.channels_last)
         out: dict[str, Any] = {}
         self.skipped = []
         out.update(self.d_step(x, y))
         out.update(self.fg_step(x, y))
         out.update(self.h_step(x, y))
+        if self.scaler is not None:
+            self.scaler.update()  # once per step, after all three sub-steps (one scale for their losses)
         self.step += 1
         result: dict[str, Any] = {k: float(v.detach()) for k, v in out.items()}
         result.update(lrs)
@@ -290,6 +322,16 @@ class ISCL:
             self._nonfinite(group, f"{', '.join(bad)} = {', '.join(str(terms[k].item()) for k in bad)}")
             return torch.tensor(float("nan"))
         optimizer.zero_grad()
+        if self.scaler is not None:
+            self.scaler.scale(total).backward()
+            self.scaler.unscale_(optimizer)
+            gnorm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+            if not bool(torch.isfinite(gnorm)):
+                # fp16 overflow under the current loss scale: the scaler skips this update and lowers
+                # the scale (normal in the first steps); not a divergence
+                self.skipped.append(f"{group}:fp16-overflow")
+            self.scaler.step(optimizer)
+            return gnorm
         total.backward()
         gnorm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
         if not bool(torch.isfinite(gnorm)):
@@ -298,6 +340,9 @@ class ISCL:
             return gnorm
         optimizer.step()
         return gnorm
+
+    def _autocast(self):
+        return autocast(self.train_config.precision, self.device)
 
     def _nonfinite(self, group: str, what: str) -> None:
         if self.train_config.nonfinite == "skip":
@@ -333,6 +378,7 @@ class ISCL:
             "sched_fg": self.sched_fg.state_dict(),
             "sched_d": self.sched_d.state_dict(),
             "sched_h": self.sched_h.state_dict(),
+            **({"scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -344,4 +390,6 @@ class ISCL:
         self.opt_h.load_state_dict(state["opt_h"])
         for name in ("sched_fg", "sched_d", "sched_h"):
             getattr(self, name).load_state_dict(state[name])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])

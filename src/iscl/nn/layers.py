@@ -39,7 +39,9 @@ def symmetric_pad(h: torch.Tensor, pad: int) -> torch.Tensor:
     """
     if pad == 0:
         return h
-    if pad == 1:
+    if pad == 1 and not torch.compiler.is_compiling():
+        # the fastest eager kernel; compiled graphs take the generic path below, because inductor's
+        # replication_pad2d_backward fails a stride assertion (torch 2.13, CPU)
         return F.pad(h, (1, 1, 1, 1), mode="replicate")
     if pad > h.shape[-1] or pad > h.shape[-2]:
         raise ValueError(f"symmetric padding of {pad} needs an input of at least {pad}x{pad}, got {tuple(h.shape)}")

@@ -76,7 +76,8 @@ def prediction_weights(F_swa: torch.nn.Module, F_raw: torch.nn.Module, H: torch.
     """The flat ``F.*`` / ``F_raw.*`` / ``H.*`` tensor map stored in ``weights.safetensors``."""
     out: dict[str, torch.Tensor] = {}
     for prefix, module in (("F", F_swa), ("F_raw", F_raw), ("H", H)):
-        out.update({f"{prefix}.{k}": v for k, v in module.state_dict().items()})
+        # contiguous(): safetensors stores row-major tensors only (channels-last training gives NHWC weights)
+        out.update({f"{prefix}.{k}": v.contiguous() for k, v in module.state_dict().items()})
     return out
 
 
