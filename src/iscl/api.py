@@ -101,13 +101,15 @@ class Denoiser:
     # ------------------------------------------------------------------ prediction
     def predict(self, image: np.ndarray, *, outputs: Sequence[Output] = ("denoised",), gamma: float | None = None,
                 weights: Literal["swa", "raw"] | None = None, tile: int | None = None, overlap: int = 32,
-                stats_tiles: int = 16, on_tile=None) -> dict[str, np.ndarray]:
+                stats_tiles: int = 16, precision: str | None = None, on_tile=None) -> dict[str, np.ndarray]:
         """Several outputs for one 2-D image (H, W), in the image's units.
 
         ``denoised``/``generator``/``bypass`` come back in the input's dtype (integers rounded and
         clipped to the dtype's range); ``noise`` (H's noise map) as float32 in image units.
         ``tile``/``overlap``/``stats_tiles``: tiled prediction with whole-image BIN statistics (see
         :func:`iscl.predict.predict_image`); ``tile=None`` runs the whole image at once.
+        ``precision``: ``fp32``, or ``bf16``/``fp16`` autocast for the convolutions (docs/scaling.md
+        measures the difference); None: ``config.predict.precision`` (fp32 unless set).
         """
         a = np.asarray(image)
         if a.ndim != 2:
@@ -122,7 +124,8 @@ class Denoiser:
         F_net = self.F_swa if which == "swa" else self.F_raw
         gamma = self.config.predict.gamma if gamma is None else float(gamma)
         norm = predict_image(F_net, self.H, self.normalizer.forward(a), gamma=gamma, outputs=tuple(outputs),
-                             tile=tile, overlap=overlap, stats_tiles=stats_tiles, device=self.device, on_tile=on_tile)
+                             tile=tile, overlap=overlap, stats_tiles=stats_tiles, device=self.device,
+                             precision=precision or self.config.predict.precision, on_tile=on_tile)
         out: dict[str, np.ndarray] = {}
         for k, v in norm.items():
             if k == "noise":
@@ -133,7 +136,7 @@ class Denoiser:
 
     def denoise(self, image: np.ndarray, *, output: Output = "denoised", gamma: float | None = None,
                 weights: Literal["swa", "raw"] | None = None, tile: int | None = None, overlap: int = 32,
-                stats_tiles: int = 16) -> np.ndarray:
+                stats_tiles: int = 16, precision: str | None = None) -> np.ndarray:
         """Denoise one image (H, W) or a stack (Z, H, W), slice by slice, one image per network call.
 
         Returns an array of the input's shape and dtype (``noise``: float32), see :meth:`predict`.
@@ -142,7 +145,8 @@ class Denoiser:
         a = np.asarray(image)
         if a.ndim not in (2, 3):
             raise ValueError(f"denoise: expected a 2-D image or a (Z, H, W) stack, got shape {a.shape}")
-        kw = dict(outputs=(output,), gamma=gamma, weights=weights, tile=tile, overlap=overlap, stats_tiles=stats_tiles)
+        kw = dict(outputs=(output,), gamma=gamma, weights=weights, tile=tile, overlap=overlap, stats_tiles=stats_tiles,
+                  precision=precision)
         if a.ndim == 2:
             return self.predict(a, **kw)[output]
         return np.stack([self.predict(sl, **kw)[output] for sl in a])

@@ -47,6 +47,14 @@ def _run(fn: Callable[[], Any]) -> Any:
         _fail(text)
 
 
+def _precision(text: str) -> Any:
+    from iscl.precision import PRECISIONS
+
+    if text not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}; got {text!r}")
+    return text
+
+
 @app.callback()
 def _main(debug: Annotated[bool, typer.Option("--debug", help="show tracebacks instead of one-line errors")] = False):
     _state["debug"] = debug
@@ -77,6 +85,10 @@ def train(
     val_clean: Annotated[list[str] | None, typer.Option("--val-clean", help="paired validation: clean")] = None,
     val_noisy: Annotated[list[str] | None, typer.Option("--val-noisy", help="paired validation: noisy")] = None,
     channel: Annotated[int | None, typer.Option("--channel", min=0, help="channel of colour images")] = None,
+    precision: Annotated[str | None, typer.Option(
+        "--precision", help="fp32 (default), bf16 or fp16 mixed precision (GPU; BIN statistics stay fp32)")] = None,
+    channels_last: Annotated[bool, typer.Option("--channels-last", help="NHWC memory format")] = False,
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the training step")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a run already in --out")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar")] = False,
@@ -95,6 +107,10 @@ def train(
                 setattr(config.train, name, value)
         config.train.checkpoint_every = checkpoint_every
         config.train.nonfinite = "skip" if skip_nonfinite else "stop"
+        if precision is not None:
+            config.train.precision = _precision(precision)
+        config.train.channels_last = channels_last or config.train.channels_last
+        config.train.compile = compile_ or config.train.compile
         if config_file is None or normalization != "auto" or low is not None or high is not None:
             norm = {"mode": normalization}
             if low is not None:
@@ -133,6 +149,13 @@ def denoise(
     weights: Annotated[str | None, typer.Option("--weights", help="swa (averaged F) or raw")] = None,
     gamma: Annotated[float | None, typer.Option("--gamma", min=0.0, max=1.0, help="blend of F and x-H(x)")] = None,
     device: Annotated[str, typer.Option("--device")] = "cpu",
+    precision: Annotated[str | None, typer.Option("--precision", help="fp32 (default), bf16 or fp16")] = None,
+    memory_budget: Annotated[str | None, typer.Option(
+        "--memory-budget", help="Zarr volumes: pixel data held at once per worker, e.g. 512M, 4G (default 1G)")] = None,
+    scheduler: Annotated[str | None, typer.Option(
+        "--scheduler", help="Zarr volumes on Dask: N local workers, or a scheduler address tcp://host:8786")] = None,
+    threads_per_worker: Annotated[int, typer.Option(
+        "--threads-per-worker", min=1, help="torch threads per Dask worker")] = 1,
     save_noise_map: Annotated[bool, typer.Option("--save-noise-map", help="also write <name>_noise.tif")] = False,
     channel: Annotated[int | None, typer.Option("--channel", min=0)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace existing outputs")] = False,
@@ -154,9 +177,15 @@ def denoise(
             model.config.predict.gamma = gamma
         if weights is not None:
             model.config.predict.weights = weights  # type: ignore[assignment]
+        if precision is not None:
+            model.config.predict.precision = _precision(precision)
+        from iscl.volumes import parse_bytes
+
         report = denoise_files(model, inputs, out, tile=tile, overlap=overlap, stats_tiles=stats_tiles, output=output,
                                save_noise_map=save_noise_map, overwrite=overwrite, keep_going=keep_going,
-                               channel=channel, progress=not quiet)
+                               channel=channel, progress=not quiet,
+                               memory_budget=parse_bytes(memory_budget) if memory_budget else None,
+                               scheduler=scheduler, threads_per_worker=threads_per_worker)
         for _src, err in report.failed:
             typer.echo(f"iscl: error: {err}", err=True)
         typer.echo(f"denoised {len(report.written)} file(s) into {out}" +
@@ -206,6 +235,8 @@ def evaluate(
     output: Annotated[str, typer.Option("--output", help="denoised, generator or bypass")] = "denoised",
     weights: Annotated[str | None, typer.Option("--weights", help="swa or raw F")] = None,
     device: Annotated[str, typer.Option("--device")] = "cpu",
+    precision: Annotated[str | None, typer.Option(
+        "--precision", help="fp32 (default), bf16 or fp16: training (cross-validation) and prediction")] = None,
     quiet: Annotated[bool, typer.Option("--quiet")] = False,
 ) -> None:
     """The paper's k-fold protocol on paired folders, or score a trained RUN on a paired test set."""
@@ -215,11 +246,18 @@ def evaluate(
         from iscl.evaluate.crossval import evaluate_model, run_crossval
 
         if run is not None:
-            rep = evaluate_model(run, clean, noisy, output=output, weights=weights, out_dir=out, device=device)
+            from iscl.api import load
+
+            model = load(run, device=device)
+            if precision is not None:
+                model.config.predict.precision = _precision(precision)
+            rep = evaluate_model(model, clean, noisy, output=output, weights=weights, out_dir=out, device=device)
         else:
             config = make_preset(preset)
             if steps is not None:
                 config.train.steps = steps
+            if precision is not None:
+                config.train.precision = config.predict.precision = _precision(precision)
             rep = run_crossval(clean, noisy, k=kfold, config=config, out_dir=out, progress=not quiet, device=device,
                                log=None if quiet else typer.echo)
         typer.echo(f"PSNR {rep['psnr']:.2f} dB, SSIM {rep['ssim']:.4f}; report in {out}")

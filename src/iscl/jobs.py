@@ -99,7 +99,8 @@ def _output_paths(inputs: list[Path], out: Path, save_noise_map: bool) -> list[t
 def denoise_files(model: Denoiser, inputs: Sequence[str | os.PathLike], out: str | os.PathLike, *,
                   tile: int | None = None, overlap: int = 32, stats_tiles: int = 16, output: str = "denoised",
                   save_noise_map: bool = False, overwrite: bool = False, keep_going: bool = False,
-                  channel: int | None = None, progress: bool = True,
+                  channel: int | None = None, progress: bool = True, memory_budget: int | None = None,
+                  scheduler: str | int | None = None, threads_per_worker: int = 1,
                   log: Callable[[str], None] | None = None) -> DenoiseReport:
     """Denoise files, directories or globs into ``out`` (a folder, or a file for a single input).
 
@@ -110,11 +111,19 @@ def denoise_files(model: Denoiser, inputs: Sequence[str | os.PathLike], out: str
     Before anything is written, every input is probed and every output name checked: without
     ``keep_going`` the first problem raises and nothing is written; with it, bad inputs are reported
     in :attr:`DenoiseReport.failed` and the rest are processed. Outputs appear atomically.
+
+    Zarr arrays (``*.zarr`` stores) are denoised block by block into Zarr arrays of the same name in
+    ``out`` (or into ``out`` itself for one input named ``*.zarr``) by :func:`iscl.volumes.denoise_zarr`,
+    within ``memory_budget`` bytes of pixel data, optionally spread over a Dask ``scheduler``.
     """
-    paths = io.find_images(list(inputs))
+    from iscl import volumes
+
+    volume_inputs = [Path(p) for p in inputs if volumes.is_zarr(p)]
+    inputs = [p for p in inputs if not volumes.is_zarr(p)]
+    report = DenoiseReport()
+    paths = io.find_images(list(inputs)) if inputs else []
     out_path = Path(out)
     targets = _output_paths(paths, out_path, save_noise_map)
-    report = DenoiseReport()
     jobs = []
     for src, (dst, noise_dst) in zip(paths, targets):
         try:
@@ -134,6 +143,13 @@ def denoise_files(model: Denoiser, inputs: Sequence[str | os.PathLike], out: str
             if not keep_going:
                 raise
             report.failed.append((src, str(exc)))
+    if volume_inputs and save_noise_map:
+        raise ValueError(f"{volume_inputs[0]}: --save-noise-map is for image files; Zarr volumes write one output")
+    if volume_inputs:  # after every file input was checked above: a bad file stops before anything is written
+        _denoise_volumes(model, volume_inputs, Path(out), single=not inputs and len(volume_inputs) == 1,
+                         output=output, tile=tile, overlap=overlap, stats_tiles=stats_tiles, overwrite=overwrite,
+                         keep_going=keep_going, progress=progress, memory_budget=memory_budget, scheduler=scheduler,
+                         threads_per_worker=threads_per_worker, report=report, log=log)
     outputs = (output, "noise") if save_noise_map else (output,)
     bar = tqdm(jobs, disable=not progress, unit="file", desc="denoise", dynamic_ncols=True)
     for src, dst, noise_dst, _ in bar:
@@ -149,15 +165,59 @@ def denoise_files(model: Denoiser, inputs: Sequence[str | os.PathLike], out: str
     return report
 
 
+def _denoise_volumes(model: Denoiser, sources: list[Path], out: Path, *, single: bool, output: str,
+                     tile: int | None, overlap: int, stats_tiles: int, overwrite: bool, keep_going: bool,
+                     progress: bool, memory_budget: int | None, scheduler: str | int | None,
+                     threads_per_worker: int, report: DenoiseReport, log: Callable[[str], None] | None) -> None:
+    from iscl import volumes
+
+    targets = [out if single and out.suffix == ".zarr" else out / src.name for src in sources]
+    checked = []
+    for src, dst in zip(sources, targets):  # check everything before writing anything
+        try:
+            volumes.open_volume(src)
+            if dst.exists() and not overwrite:
+                raise ImageWriteError(dst, "exists; pass --overwrite to replace it")
+            checked.append((src, dst))
+        except (IsclError, ValueError, OSError) as exc:
+            if not keep_going:
+                raise
+            report.failed.append((src, str(exc)))
+    for src, dst in checked:
+        try:
+            with tqdm(total=0, disable=not progress, unit="block", desc=src.name, dynamic_ncols=True) as bar:
+                def on_block(done: int, total: int) -> None:
+                    bar.total = total
+                    bar.n = done
+                    bar.refresh()
+
+                tile_size = _auto_tile(tile, *volumes.open_volume(src).shape[-2:])
+                volumes.denoise_zarr(model, src, dst, output=output, tile=tile_size, overlap=overlap,
+                                     stats_tiles=stats_tiles, overwrite=overwrite, scheduler=scheduler,
+                                     threads_per_worker=threads_per_worker, on_block=on_block,
+                                     memory_budget=memory_budget or volumes.DEFAULT_MEMORY_BUDGET)
+            report.written.append((src, dst))
+            if log is not None:
+                log(f"{src} -> {dst}")
+        except (IsclError, ValueError, OSError) as exc:
+            if not keep_going:
+                raise
+            report.failed.append((src, str(exc)))
+
+
+def _auto_tile(tile: int | None, h: int, w: int) -> int | None:
+    """The tile side for (h, w) slices: ``None`` = automatic by size, 0 = whole images."""
+    if tile is None:
+        return DEFAULT_TILE if h * w > AUTO_TILE_PIXELS else None
+    return tile or None
+
+
 def _denoise_one(model: Denoiser, src: Path, dst: Path, noise_dst: Path | None, outputs: tuple[str, ...],
                  tile: int | None, overlap: int, stats_tiles: int, overwrite: bool, channel: int | None,
                  progress: bool) -> None:
     with io.open_slices(src, channel=channel) as slices:
         h, w = slices.shape[-2:]
-        if tile is None:
-            tile_size = DEFAULT_TILE if h * w > AUTO_TILE_PIXELS else None
-        else:
-            tile_size = tile or None
+        tile_size = _auto_tile(tile, h, w)
         info = io.probe(src)
         writer = io.create_output_like(dst, tuple(slices.shape), slices.dtype, like=info, overwrite=overwrite)
         noise_writer = (io.create_output_like(noise_dst, tuple(slices.shape), np.float32, overwrite=overwrite)

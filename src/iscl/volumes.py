@@ -1,0 +1,284 @@
+"""Chunked volumes: denoise a Zarr array block by block within a memory budget, optionally on Dask.
+
+A volume of tens of gigabytes never has to fit in memory. It is cut along Z into *blocks* that are
+whole Zarr chunks deep (so two blocks never share a chunk and can be written concurrently), as many
+chunks deep as fit in ``memory_budget`` bytes of pixel data (input block + output block + the
+normalized float32 slice). Each slice of a block is denoised on its own, exactly as
+:meth:`iscl.api.Denoiser.predict` does it for a single image (BIN uses that slice's statistics), so the
+result is identical to slice-by-slice denoising whatever the block size or the number of workers.
+
+Blocks run in this process, one after the other, or as tasks on a Dask cluster (``scheduler``: a
+number of local worker processes, or the address of a running ``dask.distributed`` scheduler). Workers
+read the input store and write the output store by path, so on a cluster both must live on a file
+system every worker sees. The output is written to a hidden ``.NAME.partial-*`` store next to the
+destination and renamed into place only when every block is done: a failed run leaves no store that
+looks complete.
+
+Zarr and Dask are optional (``pip install 'iscl[zarr]'`` / ``'iscl[dask]'``); we use their own
+APIs — nothing here reimplements chunk storage or task scheduling.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from iscl.errors import ImageReadError, ImageWriteError
+
+__all__ = ["is_zarr", "open_volume", "plan_blocks", "denoise_zarr", "VolumeReport", "DEFAULT_MEMORY_BUDGET",
+           "parse_bytes"]
+
+#: bytes of pixel data held at once per worker when no budget is given
+DEFAULT_MEMORY_BUDGET = 1 << 30
+
+
+def parse_bytes(text: str | int) -> int:
+    """``"512M"``, ``"2G"``, ``"1.5GiB"``, ``"1000000"`` → bytes (binary units: M = 2**20)."""
+    if isinstance(text, int):
+        return text
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    try:
+        value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except ValueError:
+        raise ValueError(f"cannot read {text!r} as a size; use e.g. 512M or 2G") from None
+    if not value > 0:
+        raise ValueError(f"memory budget must be positive; got {text!r}")
+    return int(value)
+
+
+def is_zarr(path: str | os.PathLike) -> bool:
+    """True for a Zarr v2/v3 array or group directory (``*.zarr``, or one holding Zarr metadata)."""
+    p = Path(path)
+    return p.is_dir() and (p.suffix == ".zarr" or any((p / n).exists() for n in (".zarray", "zarr.json", ".zgroup")))
+
+
+def _zarr():
+    try:
+        import zarr
+    except ImportError:
+        raise ImportError("Zarr volumes need the zarr package: pip install 'iscl[zarr]'") from None
+    return zarr
+
+
+def open_volume(path: str | os.PathLike) -> Any:
+    """Open a Zarr array read-only: (Z, H, W) or (H, W), real dtype. Raises ``ImageReadError``."""
+    zarr = _zarr()
+    p = Path(path)
+    try:
+        node = zarr.open(str(p), mode="r")
+    except Exception as exc:  # zarr raises several types for a missing/corrupt store
+        raise ImageReadError(p, f"cannot open as Zarr ({type(exc).__name__}: {exc})") from None
+    if not hasattr(node, "shape"):  # a group: name the arrays so the user can pick one
+        names = sorted(k for k, v in node.arrays())
+        hint = f"; denoise one of its arrays, e.g. {p / names[0]}" if names else " with no arrays"
+        raise ImageReadError(p, f"is a Zarr group, not an array{hint}")
+    if node.ndim not in (2, 3):
+        raise ImageReadError(p, f"Zarr array of shape {node.shape}: expected (H, W) or (Z, H, W)")
+    if np.dtype(node.dtype).kind not in "uif":
+        raise ImageReadError(p, f"Zarr array of dtype {node.dtype}: expected integer or floating-point pixels")
+    if min(node.shape[-2:]) < 4:
+        raise ImageReadError(p, f"slices of {node.shape[-2]}x{node.shape[-1]} pixels are too small (at least 4x4)")
+    return node
+
+
+def plan_blocks(shape: tuple[int, ...], z_chunk: int, bytes_per_slice: int,
+                memory_budget: int) -> list[tuple[int, int]]:
+    """Z ranges ``[z0, z1)``: aligned to ``z_chunk``, as many chunks deep as ``memory_budget`` allows.
+
+    At least one chunk per block even when one chunk exceeds the budget (a chunk is the smallest unit
+    Zarr reads and writes; store huge slices with a Z chunk of 1).
+    """
+    n = shape[0]
+    chunks_per_block = max(1, memory_budget // max(1, z_chunk * bytes_per_slice))
+    depth = z_chunk * chunks_per_block
+    return [(z0, min(z0 + depth, n)) for z0 in range(0, n, depth)]
+
+
+@dataclass
+class VolumeReport:
+    """What :func:`denoise_zarr` did."""
+
+    source: Path
+    output: Path
+    shape: tuple[int, ...]
+    blocks: int
+    block_depth: int
+    workers: int
+    seconds: float
+
+
+_WORKER_MODELS: dict[str, Any] = {}  # per worker process: checkpoint path -> Denoiser
+
+
+def _denoise_block(model: Any, src: str, tmp: str, z0: int, z1: int, options: dict[str, Any],
+                   threads: int | None = None) -> tuple[int, int]:
+    """Denoise slices ``[z0, z1)`` of the array at ``src`` into the array at ``tmp`` (a Dask task)."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    if isinstance(model, str):  # a checkpoint path: load once per worker process
+        if model not in _WORKER_MODELS:
+            from iscl.api import load
+
+            _WORKER_MODELS[model] = load(model, device=options.get("device", "cpu"))
+        model = _WORKER_MODELS[model]
+    zarr = _zarr()
+    source = zarr.open_array(src, mode="r")
+    target = zarr.open_array(tmp, mode="r+")
+    block = np.asarray(source[z0:z1])
+    out = np.empty(block.shape, dtype=target.dtype)
+    kw = {k: v for k, v in options.items() if k != "device"}
+    output = kw.pop("output")
+    for i in range(block.shape[0]):
+        _check_finite(src, block[i], z0 + i)
+        out[i] = model.predict(block[i], outputs=(output,), **kw)[output]
+    target[z0:z1] = out
+    return z0, z1
+
+
+def _check_finite(src: str, image: np.ndarray, z: int) -> None:
+    if image.dtype.kind == "f" and not np.isfinite(image).all():
+        raise ImageReadError(src, f"slice {z} has {int((~np.isfinite(image)).sum())} NaN/Inf pixels")
+
+
+def denoise_zarr(model: Any, src: str | os.PathLike, dst: str | os.PathLike, *, output: str = "denoised",
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET, tile: int | None = None, overlap: int = 32,
+                 stats_tiles: int = 16, precision: str | None = None, scheduler: str | int | None = None,
+                 threads_per_worker: int = 1, overwrite: bool = False,
+                 on_block: Callable[[int, int], None] | None = None) -> VolumeReport:
+    """Denoise the Zarr array ``src`` into a new Zarr array ``dst``, block by block.
+
+    Parameters
+    ----------
+    model : a :class:`~iscl.api.Denoiser`, or the path of a checkpoint (each Dask worker loads it once).
+    src : Zarr array, (Z, H, W) or (H, W), any real dtype; not changed.
+    dst : new Zarr array with ``src``'s shape, chunks, attributes and dtype (``output="noise"``:
+        float32). Refused when it exists unless ``overwrite``.
+    memory_budget : bytes of pixel data per worker; sets the block depth (see :func:`plan_blocks`).
+    tile, overlap, stats_tiles, precision : per-slice prediction, as in :meth:`Denoiser.predict`.
+    scheduler : ``None`` (blocks run here, in order), an int N (a local Dask cluster of N worker
+        processes) or a ``dask.distributed`` scheduler address (``tcp://host:8786``).
+    threads_per_worker : torch threads per Dask worker.
+    on_block : progress callback ``(done, total)``.
+    """
+    zarr = _zarr()
+    src_p, dst_p = Path(src), Path(dst)
+    source = open_volume(src_p)
+    if dst_p.exists() and not overwrite:
+        raise ImageWriteError(dst_p, "exists; pass --overwrite to replace it")
+    if dst_p.resolve() == src_p.resolve():
+        raise ImageWriteError(dst_p, "is the input itself; choose another --out")
+    vol_shape = tuple(source.shape) if source.ndim == 3 else (1, *source.shape)
+    out_dtype = np.dtype(np.float32) if output == "noise" else np.dtype(source.dtype)
+    z_chunk = int(source.chunks[0]) if source.ndim == 3 else 1
+    h, w = vol_shape[1:]
+    bytes_per_slice = h * w * (np.dtype(source.dtype).itemsize + out_dtype.itemsize + 4)
+    blocks = plan_blocks(vol_shape, z_chunk, bytes_per_slice, memory_budget)
+    options = dict(output=output, tile=tile, overlap=overlap, stats_tiles=stats_tiles, precision=precision)
+
+    tmp = dst_p.parent / f".{dst_p.name}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        dst_p.parent.mkdir(parents=True, exist_ok=True)
+        kwargs: dict[str, Any] = {}
+        fmt = getattr(getattr(source, "metadata", None), "zarr_format", None)
+        if fmt is not None:
+            kwargs["zarr_format"] = fmt
+        target = zarr.open_array(str(tmp), mode="w", shape=source.shape, chunks=source.chunks, dtype=out_dtype,
+                                 **kwargs)
+        target.attrs.update({**dict(source.attrs), "iscl": {"source": str(src_p), "output": output}})
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ImageWriteError(dst_p, f"cannot create the output store ({exc.strerror or exc})") from None
+
+    t0 = time.perf_counter()
+    workers = 1
+    try:
+        if source.ndim == 2:  # one image: no blocks to spread
+            image = np.asarray(source[...])
+            _check_finite(str(src_p), image, 0)
+            target[...] = _predict_one(model, image, options)
+            if on_block is not None:
+                on_block(1, 1)
+        elif scheduler is None:
+            for i, (z0, z1) in enumerate(blocks):
+                _denoise_block(model, str(src_p), str(tmp), z0, z1, options)
+                if on_block is not None:
+                    on_block(i + 1, len(blocks))
+        else:
+            workers = _run_on_dask(model, str(src_p), str(tmp), blocks, options, scheduler, threads_per_worker,
+                                   on_block)
+        _publish(tmp, dst_p, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return VolumeReport(src_p, dst_p, tuple(source.shape), len(blocks), blocks[0][1] - blocks[0][0], workers,
+                        time.perf_counter() - t0)
+
+
+def _predict_one(model: Any, image: np.ndarray, options: dict[str, Any]) -> np.ndarray:
+    """One 2-D image (a 2-D Zarr array) through ``model`` (a Denoiser or a checkpoint path)."""
+    if isinstance(model, str):
+        from iscl.api import load
+
+        model = load(model)
+    kw = {k: v for k, v in options.items() if k != "output"}
+    return model.predict(image, outputs=(options["output"],), **kw)[options["output"]]
+
+
+def _run_on_dask(model: Any, src: str, tmp: str, blocks: list[tuple[int, int]], options: dict[str, Any],
+                 scheduler: str | int, threads: int, on_block: Callable[[int, int], None] | None) -> int:
+    try:
+        from dask.distributed import Client, LocalCluster, as_completed
+    except ImportError:
+        raise ImportError("--scheduler needs dask.distributed: pip install 'iscl[dask]'") from None
+    cluster = None
+    if isinstance(scheduler, int) or str(scheduler).isdigit():
+        cluster = LocalCluster(n_workers=int(scheduler), threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+        client = Client(cluster)
+    else:
+        client = Client(str(scheduler))
+    try:
+        workers = len(client.scheduler_info().get("workers", {})) or 1
+        payload = model if isinstance(model, str) else client.scatter(_portable(model), broadcast=True)
+        futures = [client.submit(_denoise_block, payload, src, tmp, z0, z1, options, threads, pure=False)
+                   for z0, z1 in blocks]
+        for i, fut in enumerate(as_completed(futures)):
+            fut.result()  # re-raises a worker's error here
+            if on_block is not None:
+                on_block(i + 1, len(blocks))
+        return workers
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _portable(model: Any) -> Any:
+    """The Denoiser without its training state (only the prediction networks travel to workers)."""
+    from iscl.api import Denoiser
+
+    return Denoiser(model.config, model.normalizer, model.F_swa, model.F_raw, model.H, model.info, model.device)
+
+
+def _publish(tmp: Path, dst: Path, overwrite: bool) -> None:
+    """Rename the finished store into place (replacing ``dst`` only with ``overwrite``)."""
+    if dst.exists():
+        if not overwrite:
+            raise ImageWriteError(dst, "appeared while denoising; pass --overwrite to replace it")
+        old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(dst, old)
+        os.rename(tmp, dst)
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    os.rename(tmp, dst)
