@@ -50,6 +50,9 @@ class TrainConfig(_Strict):
     lookahead_k: int = Field(6, ge=1)
     lookahead_alpha: float = Field(0.5, gt=0, le=1)
     augment: bool = Field(True, description="8-fold dihedral augmentation (4 rotations x flip)")
+    min_patch_std: float = Field(
+        0.0, ge=0, description="leave out training patches whose std on [-1, 1] is below this (flat background, "
+        "e.g. air clipped by a CT window); 0 keeps every patch, as the paper does")
     seed: int = 0
     checkpoint_every: int = Field(0, ge=0, description="save a resumable checkpoint every N steps (0: end only)")
     init_std: float = Field(0.05, gt=0)

@@ -50,3 +50,17 @@ def test_stream_is_seeded_and_resumable():
 def test_images_too_small_for_a_patch_are_refused():
     with pytest.raises(ValueError, match="no 64x64 patch fits"):
         PatchSampler([np.zeros((40, 200), np.float32)], 64)
+
+
+def test_min_std_leaves_out_flat_patches():
+    rng = np.random.default_rng(0)
+    im = np.full((128, 128), -1.0, np.float32)  # four 64x64 grid cells; the top-left one stays flat
+    im[64:, :] = rng.random((64, 128), dtype=np.float32)
+    im[:64, 64:] = rng.random((64, 64), dtype=np.float32)
+    keep_all = PatchSampler([im], 64, augment=True, seed=0)
+    no_flat = PatchSampler([im], 64, augment=True, seed=0, min_std=0.01)
+    assert len(keep_all) == 32 and len(no_flat) == 24  # 8 transforms x 4 cells, minus the flat cell's 8
+    batch = no_flat.next_batch(24)
+    assert (batch.reshape(24, -1).std(axis=1) >= 0.01).all()
+    with pytest.raises(ValueError, match="every 64x64 training patch has a standard deviation below 0.5"):
+        PatchSampler([np.zeros((64, 64), np.float32)], 64, min_std=0.5)

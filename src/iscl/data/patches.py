@@ -66,6 +66,8 @@ class PatchSampler:
     rank, world_size : data-parallel training: every rank draws the same epoch permutation and takes
         its shard ``perm[rank::world_size]`` (the ``DistributedSampler`` rule), so ranks see disjoint
         patches.
+    min_std : leave out patches whose standard deviation (in the images' units) is below this, e.g.
+        air that a CT display window clips to one value (0: keep every patch, as the paper does).
 
     Example
     -------
@@ -75,7 +77,7 @@ class PatchSampler:
     """
 
     def __init__(self, images: Sequence[np.ndarray], patch_size: int, augment: bool = True, seed: int = 0,
-                 stream: int = 0, rank: int = 0, world_size: int = 1):
+                 stream: int = 0, rank: int = 0, world_size: int = 1, min_std: float = 0.0):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
         self.stream = int(stream)
@@ -84,14 +86,22 @@ class PatchSampler:
         self.patch_size = int(patch_size)
         self.seed = int(seed)
         rows = []
+        p = self.patch_size
         for i, im in enumerate(self.images):
             if im.ndim != 2:
                 raise ValueError(f"PatchSampler: image {i} must be 2-D, got shape {im.shape}")
+            flat: dict[tuple[int, int], bool] = {}  # a patch's std does not depend on the transform
             for t in range(8 if augment else 1):
                 rev_r, rev_c = _reversed_axes(t)
-                for r in grid_starts(im.shape[0], self.patch_size, rev_r):
-                    for c in grid_starts(im.shape[1], self.patch_size, rev_c):
-                        rows.append((i, t, r, c))
+                for r in grid_starts(im.shape[0], p, rev_r):
+                    for c in grid_starts(im.shape[1], p, rev_c):
+                        if min_std > 0 and (r, c) not in flat:
+                            flat[(r, c)] = bool(im[r : r + p, c : c + p].std() < min_std)
+                        if not flat.get((r, c), False):
+                            rows.append((i, t, r, c))
+        if not rows and min_std > 0:
+            raise ValueError(f"every {p}x{p} training patch has a standard deviation below {min_std}; "
+                             "lower min_patch_std")
         if not rows:
             sizes = sorted({im.shape for im in self.images})
             raise ValueError(

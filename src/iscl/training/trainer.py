@@ -71,8 +71,10 @@ class Trainer:
         t = config.train
         self.dist = distributed.info()
         r, w = self.dist.rank, self.dist.world_size
-        self.clean = PatchSampler(clean, t.patch_size, t.augment, seed=t.seed, stream=0, rank=r, world_size=w)
-        self.noisy = PatchSampler(noisy, t.patch_size, t.augment, seed=t.seed, stream=1, rank=r, world_size=w)
+        self.clean = PatchSampler(clean, t.patch_size, t.augment, seed=t.seed, stream=0, rank=r, world_size=w,
+                                  min_std=t.min_patch_std)
+        self.noisy = PatchSampler(noisy, t.patch_size, t.augment, seed=t.seed, stream=1, rank=r, world_size=w,
+                                  min_std=t.min_patch_std)
         init_rng = torch.Generator().manual_seed(t.seed)
         self.model = ISCL(config.network, t, device=device, generator=init_rng, distributed=self.dist.enabled)
         self.device = self.model.device
