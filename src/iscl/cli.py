@@ -85,6 +85,8 @@ def train(
     val_clean: Annotated[list[str] | None, typer.Option("--val-clean", help="paired validation: clean")] = None,
     val_noisy: Annotated[list[str] | None, typer.Option("--val-noisy", help="paired validation: noisy")] = None,
     channel: Annotated[int | None, typer.Option("--channel", min=0, help="channel of colour images")] = None,
+    min_patch_std: Annotated[float | None, typer.Option(
+        "--min-patch-std", min=0.0, help="leave out flat training patches (std on [-1, 1] below this)")] = None,
     precision: Annotated[str | None, typer.Option(
         "--precision", help="fp32 (default), bf16 or fp16 mixed precision (GPU; BIN statistics stay fp32)")] = None,
     channels_last: Annotated[bool, typer.Option("--channels-last", help="NHWC memory format")] = False,
@@ -102,7 +104,7 @@ def train(
 
         config = load_config(config_file) if config_file is not None else make_preset(preset)
         for name, value in (("steps", steps), ("batch_size", batch_size), ("patch_size", patch_size), ("lr", lr),
-                            ("seed", seed)):
+                            ("seed", seed), ("min_patch_std", min_patch_std)):
             if value is not None:
                 setattr(config.train, name, value)
         config.train.checkpoint_every = checkpoint_every
