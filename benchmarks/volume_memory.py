@@ -5,7 +5,7 @@ process's memory growth during the run against the stack's size, and (``--check`
 output equals denoising every slice on its own with ``Denoiser.predict``.
 
 Memory is the peak of *anonymous* resident memory (``RssAnon``: what the process allocated),
-sampled every 2 ms, minus its value just before the run. The process first denoises a one-chunk stack
+sampled every 2 ms, minus its value just before the run. The process first denoises a two-block stack
 of the same slices (``first_job_*``: one-off costs of torch's and the reader's pools and caches, paid
 once per process whatever the volume), then the big stack (``anon_growth_mib``).
 A TIFF stack is read through a memory map
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from iscl.jobs import denoise_files
     from iscl.runtime import retain_freed_memory
-    from iscl.volumes import parse_bytes
+    from iscl.volumes import parse_bytes, plan_blocks
 
     if not args.no_retain:
         retain_freed_memory()  # as the iscl command line does
@@ -132,7 +132,11 @@ def main(argv: list[str] | None = None) -> int:
         src, dst = Path(tmp) / f"stack{suffix}", Path(tmp) / f"out{suffix}"
         small, small_dst = Path(tmp) / f"small{suffix}", Path(tmp) / f"small-out{suffix}"
         nbytes = _write_stack(src, args.format, args.slices, args.size, args.chunk)
-        small_bytes = _write_stack(small, args.format, args.chunk, args.size, args.chunk)
+        # the warm-up stack: two blocks of the big job's depth (TIFF: two chunks' worth of slices)
+        depth = args.chunk
+        if args.format == "zarr":
+            depth = plan_blocks((args.slices,), args.chunk, args.size * args.size * 12, parse_bytes(args.budget))[0][1]
+        small_bytes = _write_stack(small, args.format, min(2 * depth, args.slices), args.size, args.chunk)
 
         def job(source: Path, target: Path) -> tuple[float, float, float]:
             before_anon = _status_kib("RssAnon")
@@ -145,8 +149,9 @@ def main(argv: list[str] | None = None) -> int:
             return (time.perf_counter() - t0, (peak.peak - before_anon) / 1024,
                     (_status_kib("VmHWM") - before_rss) / 1024)
 
-        # the first job in a process pays one-off costs (torch's and the reader's pools and caches);
-        # a one-chunk stack of the same slices measures them, then the big stack runs in the warm process
+        # the first job in a process pays one-off costs (torch's and the reader's pools and caches, the
+        # allocator's heap reaching its working size); a two-block stack of the same slices measures
+        # them, then the big stack runs in the warm process
         _, warm_anon, _ = job(small, small_dst)
         seconds, anon, rss = job(src, dst)
         result = {

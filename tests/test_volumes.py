@@ -154,3 +154,13 @@ def test_stack_larger_than_budget_streams_with_small_peak_memory(model_dir, tmp_
     assert rep["max_abs_diff_vs_slice_by_slice"] == 0.0
     # measured: 1.1 MiB (TIFF, memory-mapped) and 5.2 MiB (Zarr) for the 64 MiB stack
     assert rep["anon_growth_mib"] < rep["stack_mib"] / 5, rep
+
+
+def test_scheduler_with_image_files_is_refused(model_dir, tmp_path):
+    from iscl.jobs import denoise_files
+
+    path = tmp_path / "a.npy"
+    np.save(path, np.zeros((8, 8), np.float32))
+    with pytest.raises(ValueError, match=r"a\.npy: --scheduler spreads Zarr volumes over Dask workers"):
+        denoise_files(iscl.load(model_dir), [path], tmp_path / "out", scheduler=2, progress=False)
+    assert not (tmp_path / "out").exists()

@@ -121,6 +121,9 @@ def denoise_files(model: Denoiser, inputs: Sequence[str | os.PathLike], out: str
     volume_inputs = [Path(p) for p in inputs if volumes.is_zarr(p)]
     inputs = [p for p in inputs if not volumes.is_zarr(p)]
     report = DenoiseReport()
+    if scheduler is not None and inputs:
+        raise ValueError(f"{inputs[0]}: --scheduler spreads Zarr volumes over Dask workers; image files are "
+                         "denoised in this process (leave out --scheduler, or convert the stack to Zarr)")
     paths = io.find_images(list(inputs)) if inputs else []
     out_path = Path(out)
     targets = _output_paths(paths, out_path, save_noise_map)

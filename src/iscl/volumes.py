@@ -244,7 +244,7 @@ def _run_on_dask(model: Any, src: str, tmp: str, blocks: list[tuple[int, int]], 
     cluster = None
     if isinstance(scheduler, int) or str(scheduler).isdigit():
         cluster = LocalCluster(n_workers=int(scheduler), threads_per_worker=1, processes=True,
-                               dashboard_address=None)
+                               dashboard_address=":0")
         client = Client(cluster)
     else:
         client = Client(str(scheduler))
