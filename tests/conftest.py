@@ -48,3 +48,19 @@ def tiny_config() -> Config:
                               discriminator_width=4),
         train=TrainConfig(steps=6, batch_size=2, patch_size=64, seed=7),
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A tiny trained model saved as a run folder (2 steps; data range fixed to [0, 1])."""
+    import iscl
+
+    rng = np.random.default_rng(3)
+    clean = [shapes_image(rng) for _ in range(3)]
+    noisy = [structured_noise(shapes_image(rng), rng) for _ in range(3)]
+    config = Config(network=NetworkConfig(generator_width=4, generator_res_blocks=1, extractor_width=4,
+                                          extractor_layers=3, discriminator_width=4),
+                    train=TrainConfig(steps=2, batch_size=2), normalization={"mode": "fixed", "low": 0, "high": 1})
+    path = tmp_path_factory.mktemp("tiny-run") / "run"
+    iscl.train(clean, noisy, config, run_dir=path, progress=False)
+    return path

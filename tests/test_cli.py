@@ -31,19 +31,9 @@ def error_line(result) -> str:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    """A tiny trained model (saved checkpoint) for the denoise tests."""
-    from iscl.config import Config, NetworkConfig, TrainConfig
-
-    rng = np.random.default_rng(3)
-    clean = [shapes_image(rng) for _ in range(3)]
-    noisy = [structured_noise(shapes_image(rng), rng) for _ in range(3)]
-    config = Config(network=NetworkConfig(generator_width=4, generator_res_blocks=1, extractor_width=4,
-                                          extractor_layers=3, discriminator_width=4),
-                    train=TrainConfig(steps=2, batch_size=2), normalization={"mode": "fixed", "low": 0, "high": 1})
-    path = tmp_path_factory.mktemp("model") / "run"
-    iscl.train(clean, noisy, config, run_dir=path, progress=False)
-    return path
+def model_dir(tiny_run) -> Path:
+    """The shared tiny trained run (conftest.tiny_run)."""
+    return tiny_run
 
 
 def test_train_command_writes_run(tmp_path):

@@ -13,25 +13,15 @@ import pytest
 import iscl
 from iscl import volumes
 from iscl.errors import ImageReadError, ImageWriteError
-from synthetic import shapes_image, structured_noise
 
 zarr = pytest.importorskip("zarr")
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    from iscl.config import Config, NetworkConfig, TrainConfig
-
-    rng = np.random.default_rng(5)
-    clean = [shapes_image(rng) for _ in range(3)]
-    noisy = [structured_noise(shapes_image(rng), rng) for _ in range(3)]
-    config = Config(network=NetworkConfig(generator_width=4, generator_res_blocks=1, extractor_width=4,
-                                          extractor_layers=3, discriminator_width=4),
-                    train=TrainConfig(steps=2, batch_size=2), normalization={"mode": "fixed", "low": 0, "high": 1})
-    path = tmp_path_factory.mktemp("vol-model") / "run"
-    iscl.train(clean, noisy, config, run_dir=path, progress=False)
-    return path
+def model_dir(tiny_run) -> Path:
+    """The shared tiny trained run (conftest.tiny_run)."""
+    return tiny_run
 
 
 def _volume(path: Path, shape=(7, 40, 36), chunks=(2, 40, 36), dtype="uint16", seed=0):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -156,16 +157,25 @@ def denoise_files(model: Denoiser, inputs: Sequence[str | os.PathLike], out: str
     outputs = (output, "noise") if save_noise_map else (output,)
     bar = tqdm(jobs, disable=not progress, unit="file", desc="denoise", dynamic_ncols=True)
     for src, dst, noise_dst, _ in bar:
-        try:
-            _denoise_one(model, src, dst, noise_dst, outputs, tile, overlap, stats_tiles, overwrite, channel, progress)
-            report.written.append((src, dst))
-            if log is not None:
-                log(f"{src} -> {dst}")
-        except (IsclError, ValueError, OSError) as exc:
-            if not keep_going:
-                raise
-            report.failed.append((src, str(exc)))
+        job = partial(_denoise_one, model, src, dst, noise_dst, outputs, tile, overlap, stats_tiles, overwrite,
+                      channel, progress)
+        _run_job(report, keep_going, log, src, dst, job)
     return report
+
+
+def _run_job(report: DenoiseReport, keep_going: bool, log: Callable[[str], None] | None, src: Path, dst: Path,
+             job: Callable[[], None]) -> None:
+    """Run one input's job; record it as written, or (with ``keep_going``) as failed instead of raising."""
+    try:
+        job()
+    except (IsclError, ValueError, OSError) as exc:
+        if not keep_going:
+            raise
+        report.failed.append((src, str(exc)))
+        return
+    report.written.append((src, dst))
+    if log is not None:
+        log(f"{src} -> {dst}")
 
 
 def _denoise_volumes(model: Denoiser, sources: list[Path], out: Path, *, single: bool, output: str,
@@ -186,26 +196,21 @@ def _denoise_volumes(model: Denoiser, sources: list[Path], out: Path, *, single:
             if not keep_going:
                 raise
             report.failed.append((src, str(exc)))
-    for src, dst in checked:
-        try:
-            with tqdm(total=0, disable=not progress, unit="block", desc=src.name, dynamic_ncols=True) as bar:
-                def on_block(done: int, total: int) -> None:
-                    bar.total = total
-                    bar.n = done
-                    bar.refresh()
+    def job(src: Path, dst: Path) -> None:
+        with tqdm(total=0, disable=not progress, unit="block", desc=src.name, dynamic_ncols=True) as bar:
+            def on_block(done: int, total: int) -> None:
+                bar.total = total
+                bar.n = done
+                bar.refresh()
 
-                tile_size = _auto_tile(tile, *volumes.open_volume(src).shape[-2:])
-                volumes.denoise_zarr(model, src, dst, output=output, tile=tile_size, overlap=overlap,
-                                     stats_tiles=stats_tiles, overwrite=overwrite, scheduler=scheduler,
-                                     threads_per_worker=threads_per_worker, on_block=on_block,
-                                     memory_budget=memory_budget or volumes.DEFAULT_MEMORY_BUDGET)
-            report.written.append((src, dst))
-            if log is not None:
-                log(f"{src} -> {dst}")
-        except (IsclError, ValueError, OSError) as exc:
-            if not keep_going:
-                raise
-            report.failed.append((src, str(exc)))
+            tile_size = _auto_tile(tile, *volumes.open_volume(src).shape[-2:])
+            volumes.denoise_zarr(model, src, dst, output=output, tile=tile_size, overlap=overlap,
+                                 stats_tiles=stats_tiles, overwrite=overwrite, scheduler=scheduler,
+                                 threads_per_worker=threads_per_worker, on_block=on_block,
+                                 memory_budget=memory_budget or volumes.DEFAULT_MEMORY_BUDGET)
+
+    for src, dst in checked:
+        _run_job(report, keep_going, log, src, dst, partial(job, src, dst))
 
 
 def _auto_tile(tile: int | None, h: int, w: int) -> int | None:
