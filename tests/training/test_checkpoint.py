@@ -61,6 +61,15 @@ def test_resume_with_different_settings_is_refused(tiny_pair, tiny_config, tmp_p
     other.train.batch_size = 3
     with pytest.raises(CheckpointError, match="batch_size"):
         iscl.train(clean, noisy, other, run_dir=tmp_path / "run", progress=False, resume=True)
+    other = tiny_config.model_copy(deep=True)
+    other.train.precision = "bf16"
+    with pytest.raises(CheckpointError, match="precision"):
+        iscl.train(clean, noisy, other, run_dir=tmp_path / "run", progress=False, resume=True)
+    # the memory format only changes how the same arithmetic runs: resuming NHWC is allowed
+    other = tiny_config.model_copy(deep=True)
+    other.train.channels_last = True
+    model = iscl.train(clean, noisy, other, run_dir=tmp_path / "run", progress=False, resume=True)
+    assert model.info["step"] == tiny_config.train.steps
 
 
 class _Payload:

@@ -89,8 +89,9 @@ class Trainer:
         mine = self.config.model_dump(mode="json")
         theirs = saved_config.model_dump(mode="json")
         for section in ("network", "train"):
-            # how often to save and what to do on NaN may change between runs; the rest shapes the trajectory
-            free = {"checkpoint_every", "nonfinite"}
+            # how often to save, what to do on NaN and how the same arithmetic is executed (memory format,
+            # compilation) may change between runs; the rest (precision included) shapes the trajectory
+            free = {"checkpoint_every", "nonfinite", "channels_last", "compile"}
             a = {k: v for k, v in mine[section].items() if k not in free}
             b = {k: v for k, v in theirs[section].items() if k not in free}
             if a != b:
