@@ -116,7 +116,27 @@ class VolumeReport:
     seconds: float
 
 
-_WORKER_MODELS: dict[str, Any] = {}  # per worker process: checkpoint path -> Denoiser
+_WORKER_MODELS: dict[str, Any] = {}  # per process: checkpoint path -> Denoiser
+
+
+def _resolve_model(model: Any) -> Any:
+    """A Denoiser as given, or the checkpoint at a path, loaded once per (worker) process (on CPU)."""
+    if not isinstance(model, str):
+        return model
+    if model not in _WORKER_MODELS:
+        from iscl.api import load
+
+        _WORKER_MODELS[model] = load(model)
+    return _WORKER_MODELS[model]
+
+
+def _predict_slice(model: Any, image: np.ndarray, src: str, z: int, options: dict[str, Any]) -> np.ndarray:
+    """One 2-D slice through ``model.predict`` with ``options`` (output, tile, ..., precision)."""
+    if image.dtype.kind == "f" and not np.isfinite(image).all():
+        raise ImageReadError(src, f"slice {z} has {int((~np.isfinite(image)).sum())} NaN/Inf pixels")
+    kw = dict(options)
+    output = kw.pop("output")
+    return model.predict(image, outputs=(output,), **kw)[output]
 
 
 def _denoise_block(model: Any, src: str, tmp: str, z0: int, z1: int, options: dict[str, Any],
@@ -126,29 +146,16 @@ def _denoise_block(model: Any, src: str, tmp: str, z0: int, z1: int, options: di
 
     if threads:
         torch.set_num_threads(threads)
-    if isinstance(model, str):  # a checkpoint path: load once per worker process
-        if model not in _WORKER_MODELS:
-            from iscl.api import load
-
-            _WORKER_MODELS[model] = load(model, device=options.get("device", "cpu"))
-        model = _WORKER_MODELS[model]
+    model = _resolve_model(model)
     zarr = _zarr()
     source = zarr.open_array(src, mode="r")
     target = zarr.open_array(tmp, mode="r+")
     block = np.asarray(source[z0:z1])
     out = np.empty(block.shape, dtype=target.dtype)
-    kw = {k: v for k, v in options.items() if k != "device"}
-    output = kw.pop("output")
     for i in range(block.shape[0]):
-        _check_finite(src, block[i], z0 + i)
-        out[i] = model.predict(block[i], outputs=(output,), **kw)[output]
+        out[i] = _predict_slice(model, block[i], src, z0 + i, options)
     target[z0:z1] = out
     return z0, z1
-
-
-def _check_finite(src: str, image: np.ndarray, z: int) -> None:
-    if image.dtype.kind == "f" and not np.isfinite(image).all():
-        raise ImageReadError(src, f"slice {z} has {int((~np.isfinite(image)).sum())} NaN/Inf pixels")
 
 
 def denoise_zarr(model: Any, src: str | os.PathLike, dst: str | os.PathLike, *, output: str = "denoised",
@@ -204,9 +211,7 @@ def denoise_zarr(model: Any, src: str | os.PathLike, dst: str | os.PathLike, *, 
     workers = 1
     try:
         if source.ndim == 2:  # one image: no blocks to spread
-            image = np.asarray(source[...])
-            _check_finite(str(src_p), image, 0)
-            target[...] = _predict_one(model, image, options)
+            target[...] = _predict_slice(_resolve_model(model), np.asarray(source[...]), str(src_p), 0, options)
             if on_block is not None:
                 on_block(1, 1)
         elif scheduler is None:
@@ -223,16 +228,6 @@ def denoise_zarr(model: Any, src: str | os.PathLike, dst: str | os.PathLike, *, 
         raise
     return VolumeReport(src_p, dst_p, tuple(source.shape), len(blocks), blocks[0][1] - blocks[0][0], workers,
                         time.perf_counter() - t0)
-
-
-def _predict_one(model: Any, image: np.ndarray, options: dict[str, Any]) -> np.ndarray:
-    """One 2-D image (a 2-D Zarr array) through ``model`` (a Denoiser or a checkpoint path)."""
-    if isinstance(model, str):
-        from iscl.api import load
-
-        model = load(model)
-    kw = {k: v for k, v in options.items() if k != "output"}
-    return model.predict(image, outputs=(options["output"],), **kw)[options["output"]]
 
 
 def _run_on_dask(model: Any, src: str, tmp: str, blocks: list[tuple[int, int]], options: dict[str, Any],
