@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from iscl.data.normalize import NormalizationConfig
 
 __all__ = ["Config", "NetworkConfig", "TrainConfig", "PredictConfig", "FORMAT_VERSION", "preset", "PRESETS",
-           "load_config"]
+           "load_config", "parse_duration"]
 
 FORMAT_VERSION = 1
 
@@ -26,13 +27,21 @@ class _Strict(BaseModel):
 
 
 class NetworkConfig(_Strict):
-    """Widths and depths of the five networks (official: 32 / 3 / 32 / 20 / 32)."""
+    """Widths and depths of the five networks (official: 32 / 3 / 32 / 20 / 32).
+
+    ``residual_generators`` and ``extractor_zero_head`` are not in the official method (off in ``paper``).
+    """
 
     generator_width: int = Field(32, ge=1)
     generator_res_blocks: int = Field(3, ge=0)
     extractor_width: int = Field(32, ge=1)
     extractor_layers: int = Field(20, ge=2)
     discriminator_width: int = Field(32, ge=1)
+    residual_generators: bool = Field(
+        False, description="F(x) = x + g(x), G(y) = y + g(y) with g's output layer starting at zero (no tanh): "
+        "both generators start as the identity")
+    extractor_zero_head: bool = Field(
+        False, description="H's last layer starts at zero, so the bypass x - H(x) starts as the identity")
 
 
 class TrainConfig(_Strict):
@@ -49,7 +58,9 @@ class TrainConfig(_Strict):
     swa_start: float = Field(0.6, ge=0, le=1, description="SWA snapshots after update int(swa_start*T)")
     lookahead_k: int = Field(6, ge=1)
     lookahead_alpha: float = Field(0.5, gt=0, le=1)
-    augment: bool = Field(True, description="8-fold dihedral augmentation (4 rotations x flip)")
+    augment: Literal["dihedral", "flips", "none"] = Field(
+        "dihedral", description="patch augmentation: the 8 rotations/flips (official), the 4 that keep rows as rows "
+        "(flips and the half turn: for noise along the scan rows), or none")
     min_patch_std: float = Field(
         0.0, ge=0, description="leave out training patches whose std on [-1, 1] is below this (flat background, "
         "e.g. air clipped by a CT window); 0 keeps every patch, as the paper does")
@@ -62,6 +73,32 @@ class TrainConfig(_Strict):
     compile: bool = Field(False, description="torch.compile each sub-step objective (slow first steps)")
     nonfinite: Literal["stop", "skip"] = Field(
         "stop", description="on a NaN/Inf loss or gradient: stop with an error, or skip that update")
+    # ---- not in the official method: every field below is off (its neutral value) in ``paper``
+    schedule: Literal["linear", "cosine"] = Field(
+        "linear", description="learning-rate decay from lr to min_lr over T: linear (official) or cosine")
+    warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up over the first N updates")
+    d_lr_scale: float = Field(1.0, gt=0, description="the discriminators' learning rate is lr times this")
+    identity_weight: float = Field(
+        0.0, ge=0, description="weight of an identity term |F(y) - y| (F leaves clean images unchanged), "
+        "added to the F/G objective with the same λ scaling as cycle and bypass")
+    collapse_guard: bool = Field(
+        False, description="on a collapse (F constant, or D winning completely, for guard_patience steps) go back "
+        "to the last good state and continue with half the learning rate, at most guard_max_restarts times")
+    guard_patience: int = Field(50, ge=1, description="consecutive collapsed steps that count as a collapse")
+    guard_max_restarts: int = Field(3, ge=0, description="restarts of the collapse guard before training stops")
+    select_prediction: bool = Field(
+        False, description="with validation pairs: choose γ (0, 0.25, ..., 1) and SWA or raw F on them at every "
+        "validation; the best model is saved with its choice")
+    # ---- how long to train: not a change of the method
+    time_budget: float | None = Field(
+        None, gt=0, description="seconds of training wanted: T (steps) is fixed from the measured speed of the first "
+        "steps so that training, its validations and checkpoints end within the budget")
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _augment_bool(cls, value: object) -> object:
+        # configs written before the field took names said true/false
+        return {True: "dihedral", False: "none"}.get(value, value) if isinstance(value, bool) else value
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
@@ -77,6 +114,7 @@ class PredictConfig(_Strict):
     weights: Literal["swa", "raw"] = "swa"
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="prediction under autocast (BIN statistics and blending stay fp32)")
+    tta: bool = Field(False, description="test-time augmentation: average over the 8 rotations/flips (8x the time)")
 
 
 class Config(_Strict):
@@ -116,15 +154,62 @@ def cpu() -> Config:
     )
 
 
-PRESETS = {"paper": paper, "cpu": cpu}
+#: The settings ``fast`` changes from ``paper``, each a named field, with why (docs/benchmark.md measures
+#: each; the README's preset table lists them).
+FAST_CHANGES: dict[str, tuple[object, str]] = {
+    "network.generator_width": (16, "4x fewer generator FLOPs"),
+    "network.extractor_layers": (10, "half the noise extractor's depth"),
+    "network.discriminator_width": (16, "4x fewer discriminator FLOPs"),
+    "train.batch_size": (8, "8x more updates per minute than batch 64"),
+    "train.lr": (1e-3, "few steps need a larger rate"),
+    "train.warmup_steps": (50, "RAdam's first, un-rectified updates at 1e-3 collapse CT runs; a warm-up does not"),
+    "train.schedule": ("cosine", "more steps near the top rate than the linear decay"),
+    "train.collapse_guard": (True, "a collapse is undone (last good state, half the rate) instead of delivered"),
+    "train.select_prediction": (True, "with validation pairs, gamma and SWA/raw F are chosen on them"),
+}
+
+
+def fast() -> Config:
+    """Quality per CPU minute: the ``cpu`` networks with a warm-up, a cosine decay and the collapse guard.
+
+    Every change from ``paper`` is a named field listed in :data:`FAST_CHANGES` (and in ``notes``);
+    ``steps`` is a default for runs without ``--time-budget``, which is how this preset is meant to be
+    used (``iscl train --time-budget 30m``).
+    """
+    cfg = Config(preset="fast", train=TrainConfig(steps=2000))
+    for key, (value, _why) in FAST_CHANGES.items():
+        section, field = key.split(".")
+        setattr(getattr(cfg, section), field, value)
+    cfg.notes = "fast preset: differs from paper in " + ", ".join(
+        f"{k.split('.')[1]} {v!r} ({why})" for k, (v, why) in FAST_CHANGES.items())
+    return cfg
+
+
+PRESETS = {"paper": paper, "cpu": cpu, "fast": fast}
 
 
 def preset(name: str) -> Config:
-    """A fresh Config for a named preset (``paper`` or ``cpu``)."""
+    """A fresh Config for a named preset (``paper``, ``cpu`` or ``fast``)."""
     try:
         return PRESETS[name]()
     except KeyError:
         raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}") from None
+
+
+def parse_duration(text: str | float) -> float:
+    """``"30m"``, ``"2h"``, ``"90s"``, ``"1h30m"`` or a number of seconds → seconds (> 0)."""
+    if isinstance(text, (int, float)):
+        seconds = float(text)
+    else:
+        t = text.strip().lower()
+        parts = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?:in)?)?(?:(\d+(?:\.\d+)?)s?)?", t)
+        if not t or parts is None:
+            raise ValueError(f"cannot read {text!r} as a duration; use e.g. 90s, 30m, 2h or 1h30m")
+        h, m, sec = (float(g) if g else 0.0 for g in parts.groups())
+        seconds = 3600 * h + 60 * m + sec
+    if not seconds > 0:
+        raise ValueError(f"a duration must be positive; got {text!r}")
+    return seconds
 
 
 def load_config(path: str | os.PathLike) -> Config:

@@ -17,6 +17,7 @@ __all__ = [
     "bypass_consistency",
     "pseudo_noise",
     "noise_consistency",
+    "identity",
 ]
 
 
@@ -84,3 +85,13 @@ def noise_consistency(h_gy: torch.Tensor, g_y: torch.Tensor, y: torch.Tensor) ->
     """Noise consistency ``mean|H(G(y)) - (G(y) - y)|``: H must find the noise G added to y."""
     _same_shape("noise_consistency", h_gy, g_y, y)
     return (h_gy - (g_y - y)).abs().mean()
+
+
+def identity(y: torch.Tensor, f_y: torch.Tensor) -> torch.Tensor:
+    """Identity term ``mean|F(y) - y|``: the denoiser leaves a clean image unchanged.
+
+    Not in ISCL (it is CycleGAN's identity-mapping loss, Zhu et al. 2017, §5.2); an option of the
+    faster presets (``TrainConfig.identity_weight``), off in ``paper``.
+    """
+    _same_shape("identity", y, f_y)
+    return (f_y - y).abs().mean()

@@ -6,7 +6,6 @@ import contextlib
 import inspect
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -14,13 +13,21 @@ from torch import nn
 
 from iscl import losses
 from iscl.config import NetworkConfig, TrainConfig
-from iscl.nn import Generator, NoiseExtractor, PatchDiscriminator, clamp_rho_
+from iscl.nn import clamp_rho_
+from iscl.nn.build import make_discriminator, make_extractor, make_generator
 from iscl.nn.layers import truncated_normal_init_
 from iscl.precision import autocast, check_precision, grad_scaler
 from iscl.training.distributed import all_true
-from iscl.training.optim import Lookahead, make_radam, make_scheduler, make_swa, swa_should_update
+from iscl.training.optim import (
+    Lookahead,
+    make_radam,
+    make_scheduler,
+    make_swa,
+    set_total_steps,
+    swa_should_update,
+)
 
-__all__ = ["ISCLNetworks", "ISCL", "NonFiniteLossError", "blend", "Prediction"]
+__all__ = ["ISCLNetworks", "ISCL", "NonFiniteLossError", "blend"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -38,24 +45,13 @@ class ISCLNetworks(nn.Module):
                  init_std: float = 0.05):
         super().__init__()
         c = config or NetworkConfig()
-        self.F = Generator(1, c.generator_width, c.generator_res_blocks)
-        self.G = Generator(1, c.generator_width, c.generator_res_blocks)
-        self.H = NoiseExtractor(c.extractor_width, c.extractor_layers)
-        self.D_X = PatchDiscriminator(c.discriminator_width)
-        self.D_Y = PatchDiscriminator(c.discriminator_width)
+        self.F = make_generator(c)
+        self.G = make_generator(c)
+        self.H = make_extractor(c)
+        self.D_X = make_discriminator(c)
+        self.D_Y = make_discriminator(c)
         for name in ("F", "G", "H", "D_X", "D_Y"):
-            _init(getattr(self, name), init_std, generator)
-
-
-def _init(module: nn.Module, std: float, generator: torch.Generator | None) -> None:
-    if generator is None:
-        truncated_normal_init_(module, std)
-        return
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            nn.init.trunc_normal_(m.weight, 0.0, std, -2 * std, 2 * std, generator=generator)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+            truncated_normal_init_(getattr(self, name), init_std, generator)
 
 
 @contextlib.contextmanager
@@ -95,10 +91,11 @@ class GeneratorObjective(nn.Module):
     """The F/G step's loss terms. The critics are held in a tuple, not registered: they are not
     trained here (and DDP must not wait for their gradients)."""
 
-    def __init__(self, F: nn.Module, G: nn.Module, D_X: nn.Module, D_Y: nn.Module):
+    def __init__(self, F: nn.Module, G: nn.Module, D_X: nn.Module, D_Y: nn.Module, identity: bool = False):
         super().__init__()
         self.F, self.G = F, G
         self.critics = (D_X, D_Y)
+        self.identity = identity  # also return |F(y) - y| (one more pass of F; not in the official method)
 
     def forward(self, x, y, h_x):  # noqa: D102
         D_X, D_Y = self.critics
@@ -115,7 +112,8 @@ class GeneratorObjective(nn.Module):
         adv_noisy = losses.adversarial_generator(D_X(g_y).float())
         cycle = losses.cycle_consistency(x, x_cycled, y, y_cycled)
         bypass = losses.bypass_consistency(f_x, pseudo_clean, y, f_pseudo_noisy)
-        return adv_noisy, adv_clean, cycle, bypass, f_x
+        identity = losses.identity(y, F(y)) if self.identity else None
+        return adv_noisy, adv_clean, cycle, bypass, identity, f_x
 
 
 class ExtractorObjective(nn.Module):
@@ -131,32 +129,13 @@ class ExtractorObjective(nn.Module):
         return pseudo, consistency
 
 
-@dataclass
-class Prediction:
-    """Outputs of :func:`blend`, all (N, 1, H, W) on [-1, 1] units.
+def blend(f: torch.Tensor, bypass: torch.Tensor, gamma: float = 0.5) -> torch.Tensor:
+    """ISCL's prediction (method.md §4): ``clip(γ F(x) + (1-γ)(x - H(x)), -1, 1)``.
 
-    ``denoised`` = clip(γ F(x) + (1-γ)(x - H(x)), -1, 1); ``generator`` = F(x); ``bypass`` = x - H(x)
-    (not clipped); ``noise`` = H(x).
+    ``f`` = F(x) and ``bypass`` = x - H(x), same shape, on [-1, 1] units. The one place the formula
+    lives: whole-image, tiled and test-time-augmented prediction all call it.
     """
-
-    denoised: torch.Tensor
-    generator: torch.Tensor
-    bypass: torch.Tensor
-    noise: torch.Tensor
-
-
-@torch.no_grad()
-def blend(F_net: nn.Module, H_net: nn.Module, x: torch.Tensor, gamma: float = 0.5) -> Prediction:
-    """ISCL prediction (method.md §4). ``x``: (N, 1, H, W) on [-1, 1]. Separate passes of F and H.
-
-    As in the original, BIN uses the statistics of the batch it is given, so call it with one image
-    per batch to get per-image results independent of the other images.
-    """
-    f = F_net(x)
-    noise = H_net(x)
-    bypass = x - noise
-    denoised = (gamma * f + (1.0 - gamma) * bypass).clamp_(-1.0, 1.0)
-    return Prediction(denoised=denoised, generator=f, bypass=bypass, noise=noise)
+    return (gamma * f + (1.0 - gamma) * bypass).clamp_(-1.0, 1.0)
 
 
 def _advance(scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
@@ -199,7 +178,8 @@ class ISCL:
             self.nets.to(memory_format=torch.channels_last)
         self.scaler = grad_scaler(train.precision, self.device)
         n = self.nets
-        objectives = (DiscriminatorObjective(n.D_X, n.D_Y), GeneratorObjective(n.F, n.G, n.D_X, n.D_Y),
+        objectives = (DiscriminatorObjective(n.D_X, n.D_Y),
+                      GeneratorObjective(n.F, n.G, n.D_X, n.D_Y, identity=train.identity_weight > 0),
                       ExtractorObjective(n.H))
         if distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -215,12 +195,14 @@ class ISCL:
         self.d_objective, self.fg_objective, self.h_objective = objectives
         t = train
         self.opt_fg = make_radam([*n.F.parameters(), *n.G.parameters()], t.lr, t.betas, t.eps)
-        self.opt_d = Lookahead(make_radam([*n.D_X.parameters(), *n.D_Y.parameters()], t.lr, t.betas, t.eps),
+        d_lr = t.lr * t.d_lr_scale
+        self.opt_d = Lookahead(make_radam([*n.D_X.parameters(), *n.D_Y.parameters()], d_lr, t.betas, t.eps),
                                t.lookahead_k, t.lookahead_alpha)
         self.opt_h = Lookahead(make_radam(n.H.parameters(), t.lr, t.betas, t.eps), t.lookahead_k, t.lookahead_alpha)
-        self.sched_fg = make_scheduler(self.opt_fg, t.steps, t.lr, t.min_lr)
-        self.sched_d = make_scheduler(self.opt_d.optimizer, t.steps, t.lr, t.min_lr)
-        self.sched_h = make_scheduler(self.opt_h.optimizer, t.steps, t.lr, t.min_lr)
+        kw = {"kind": t.schedule, "warmup": t.warmup_steps}
+        self.sched_fg = make_scheduler(self.opt_fg, t.steps, t.lr, t.min_lr, **kw)
+        self.sched_d = make_scheduler(self.opt_d.optimizer, t.steps, d_lr, t.min_lr * t.d_lr_scale, **kw)
+        self.sched_h = make_scheduler(self.opt_h.optimizer, t.steps, t.lr, t.min_lr, **kw)
         self.swa_F = make_swa(n.F)
         self.swa_G = make_swa(n.G)
         self.step = 0  # completed training steps
@@ -253,9 +235,14 @@ class ISCL:
             with self._autocast():
                 with torch.no_grad():
                     h_x = n.H(x).float()
-                adv_noisy, adv_clean, cycle, bypass, f_x = self.fg_objective(x, y, h_x)
-            total = adv_noisy + adv_clean + self.train_config.cycle_weight * (cycle + bypass)
+                adv_noisy, adv_clean, cycle, bypass, identity, f_x = self.fg_objective(x, y, h_x)
+            t = self.train_config
+            consistency = cycle + bypass
             terms = dict(g_adv_noisy=adv_noisy, g_adv_clean=adv_clean, g_cycle=cycle, g_bypass=bypass)
+            if identity is not None:
+                consistency = consistency + t.identity_weight * identity
+                terms["g_identity"] = identity
+            total = adv_noisy + adv_clean + t.cycle_weight * consistency
             gnorm = self._update("fg", total, terms, self.opt_fg, [*n.F.parameters(), *n.G.parameters()])
         clamp_rho_(n.F)
         clamp_rho_(n.G)
@@ -263,8 +250,7 @@ class ISCL:
         if swa_should_update(self.step + 1, self.train_config.steps, self.train_config.swa_start):
             self.swa_F.update_parameters(n.F)
             self.swa_G.update_parameters(n.G)
-        return {"g_adv_noisy": adv_noisy, "g_adv_clean": adv_clean, "g_cycle": cycle, "g_bypass": bypass,
-                "g_total": total, "fg_grad_norm": gnorm, "f_std": f_x.detach().std()}
+        return {**terms, "g_total": total, "fg_grad_norm": gnorm, "f_std": f_x.detach().std(), "x_std": x.std()}
 
     def h_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """Pseudo-noise label + noise consistency for H, with the just-updated F and G (no grad)."""
@@ -382,14 +368,42 @@ class ISCL:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name in ("sched_fg", "sched_d", "sched_h"):  # first: restore_weights applies their rates
+            getattr(self, name).load_state_dict(state[name])
+        self.restore_weights(state)
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+
+    def restore_weights(self, state: dict[str, Any]) -> None:
+        """Networks, SWA averages and optimizer states (moments, Lookahead) from a :meth:`state_dict`.
+
+        The step count and the learning-rate schedules keep their position: the collapse guard goes
+        back to good weights without giving back the steps (a time budget fixed T).
+        """
         self.nets.load_state_dict(state["nets"])
         self.swa_F.load_state_dict(state["swa_F"])
         self.swa_G.load_state_dict(state["swa_G"])
         self.opt_fg.load_state_dict(state["opt_fg"])
         self.opt_d.load_state_dict(state["opt_d"])
         self.opt_h.load_state_dict(state["opt_h"])
-        for name in ("sched_fg", "sched_d", "sched_h"):
-            getattr(self, name).load_state_dict(state[name])
-        if self.scaler is not None and "scaler" in state:
-            self.scaler.load_state_dict(state["scaler"])
-        self.step = int(state["step"])
+        for sched in self.schedulers:  # the restored optimizers carry the old rates: re-apply the schedules
+            for group, base, fn in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+                group["lr"] = base * fn(sched.last_epoch)
+
+    @property
+    def schedulers(self) -> tuple[torch.optim.lr_scheduler.LambdaLR, ...]:
+        return self.sched_fg, self.sched_d, self.sched_h
+
+    def scale_learning_rates(self, factor: float) -> None:
+        """Multiply every optimizer's schedule (its start and floor) by ``factor`` from the next update on."""
+        for sched in self.schedulers:
+            sched.base_lrs = [b * factor for b in sched.base_lrs]
+            for group, base, fn in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+                group["lr"] = base * fn(sched.last_epoch)
+
+    def set_total_steps(self, total_steps: int) -> None:
+        """Fix T (``train.steps``): the LR decay of all three optimizers and the SWA start follow it."""
+        self.train_config.steps = int(total_steps)
+        for sched in self.schedulers:
+            set_total_steps(sched, total_steps)

@@ -21,9 +21,12 @@ class NoiseExtractor(nn.Module):
 
     Shape: (N, 1, H, W) on [-1, 1] → (N, 1, H, W) noise map in the same units, not clipped
     (``x - H(x)`` is the bypass estimate of the clean image).
+
+    ``zero_head=True`` (not in the official model) starts the last conv at zero: H(x) = 0 and the
+    bypass ``x - H(x)`` is the identity at the start of training.
     """
 
-    def __init__(self, width: int = 32, n_layers: int = 20, in_channels: int = 1):
+    def __init__(self, width: int = 32, n_layers: int = 20, in_channels: int = 1, zero_head: bool = False):
         super().__init__()
         if n_layers < 2:
             raise ValueError(f"NoiseExtractor needs n_layers >= 2, got {n_layers}")
@@ -31,7 +34,9 @@ class NoiseExtractor(nn.Module):
         for _ in range(n_layers - 2):
             layers += [nn.Conv2d(width, width, 3, padding=1), BatchInstanceNorm(width, inplace=True),
                        nn.LeakyReLU(LEAKY_SLOPE, inplace=True)]
-        layers.append(nn.Conv2d(width, in_channels, 3, padding=1))
+        head = nn.Conv2d(width, in_channels, 3, padding=1)
+        head.zero_init = zero_head  # truncated_normal_init_ zeroes it
+        layers.append(head)
         self.body = nn.Sequential(*layers)
         truncated_normal_init_(self)
 

@@ -49,6 +49,11 @@ class Generator(nn.Module):
     Two stride-2 downsamplings, ``n_res`` residual blocks at 1/4 resolution, two TF-'same' transposed
     convolutions back up, and a 7×7 output conv with ``tanh``.
 
+    With ``residual=True`` (not in the official model) the network predicts a correction instead:
+    ``out = x + head(h)``, no ``tanh``, and the head starts at zero, so the generator starts as the
+    identity. A denoiser then starts from the noisy input, not from a random image, and does not have
+    to learn the identity through the 4× encoder-decoder (slow with few training steps).
+
     Parameters
     ----------
     out_channels : int
@@ -57,13 +62,22 @@ class Generator(nn.Module):
         Channels of the first layer; 2× and 4× that in the downsampled layers.
     n_res : int
         Number of residual blocks.
+    residual : bool
+        ``x + head(h)`` with a zero-initialised head instead of ``tanh(head(h))`` (needs
+        ``out_channels == in_channels``).
 
-    Shape: (N, 1, H, W) → (N, out_channels, H, W), input on [-1, 1], output on (-1, 1). H and W of any
-    size ≥ 4: sides that are not multiples of 4 are padded symmetrically and cropped back.
+    Shape: (N, 1, H, W) → (N, out_channels, H, W), input on [-1, 1], output on (-1, 1) (residual:
+    unbounded, starting equal to the input). H and W of any size ≥ 4: sides that are not multiples
+    of 4 are padded symmetrically and cropped back.
     """
 
-    def __init__(self, out_channels: int = 1, width: int = 32, n_res: int = 3, in_channels: int = 1):
+    def __init__(self, out_channels: int = 1, width: int = 32, n_res: int = 3, in_channels: int = 1,
+                 residual: bool = False):
         super().__init__()
+        if residual and out_channels != in_channels:
+            raise ValueError(f"a residual generator needs out_channels == in_channels, got {out_channels} "
+                             f"and {in_channels}")
+        self.residual = residual
         w = width
         self.encoder = nn.Sequential(
             _ConvNormAct(in_channels, w, 7, 1, 3),
@@ -80,6 +94,7 @@ class Generator(nn.Module):
             nn.LeakyReLU(LEAKY_SLOPE, inplace=True),
         )
         self.head = nn.Conv2d(w, out_channels, 7)
+        self.head.zero_init = residual  # truncated_normal_init_ zeroes it: the identity at the start
         truncated_normal_init_(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -89,5 +104,14 @@ class Generator(nn.Module):
             # mirror-extend to a multiple of 4 (the two stride-2 stages need it), crop back at the end
             x = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(height, width) > max(ph, pw) else "replicate")
         h = self.decoder(self.blocks(self.encoder(x)))
-        out = torch.tanh(self.head(symmetric_pad(h, 3)))
+        out = self.head(symmetric_pad(h, 3))
+        if not self.residual:
+            out = torch.tanh(out)
+        elif torch.is_grad_enabled() or out.dtype != x.dtype:  # (autocast: keep the identity in fp32)
+            out = x + out
+        else:
+            out = out.add_(x)  # prediction: no new full-size tensor
         return out[..., :height, :width]
+
+    def extra_repr(self) -> str:
+        return "residual=True" if self.residual else ""

@@ -110,14 +110,19 @@ class ConvTranspose2dSame(nn.ConvTranspose2d):
         return out[..., start : start + height, start : start + width]
 
 
-def truncated_normal_init_(module: nn.Module, std: float = 0.05) -> nn.Module:
+def truncated_normal_init_(module: nn.Module, std: float = 0.05, generator: torch.Generator | None = None) -> nn.Module:
     """Initialise like the official code: conv weights ~ truncated normal(0, std, ±2 std), biases 0.
 
+    ``generator`` makes the draw independent of torch's global RNG. A conv marked ``zero_init = True``
+    (the output layer of a residual generator or of a zero-start noise extractor) still draws its
+    weights, so every other layer gets the same values with or without the marker, and is then zeroed.
     BatchInstanceNorm parameters keep their own initial values (gamma 1, beta 0, rho 1).
     """
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            nn.init.trunc_normal_(m.weight, mean=0.0, std=std, a=-2 * std, b=2 * std)
+            nn.init.trunc_normal_(m.weight, mean=0.0, std=std, a=-2 * std, b=2 * std, generator=generator)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+            if getattr(m, "zero_init", False):
+                nn.init.zeros_(m.weight)
     return module

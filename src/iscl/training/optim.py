@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -10,7 +11,8 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from torch.optim.swa_utils import AveragedModel
 
-__all__ = ["LinearDecay", "Lookahead", "make_radam", "make_scheduler", "make_swa", "swa_should_update"]
+__all__ = ["LinearDecay", "Lookahead", "make_radam", "make_scheduler", "make_swa", "set_total_steps",
+           "swa_should_update"]
 
 
 class LinearDecay:
@@ -19,17 +21,33 @@ class LinearDecay:
     This is tfa ``RectifiedAdam(total_steps=T, min_lr=..., warmup_proportion=0)``: even the first update
     is already decayed by 1/T, and update T uses exactly ``min_lr``. A class (not a lambda) so that
     the scheduler's state can be saved.
+
+    Two options that the official method does not have (``kind="linear"``, ``warmup=0`` is exactly the
+    rule above): ``kind="cosine"`` decays along ``min + (1 - min)·(1 + cos(π p))/2`` instead of
+    ``1 - (1 - min)·p``, and ``warmup=W`` ramps the factor linearly up to 1 over updates 1…W (update t
+    uses t/W) and decays over the remaining ``T - W`` updates, ``p = min(t - W, T - W)/(T - W)``.
     """
 
-    def __init__(self, total_steps: int, min_ratio: float):
+    def __init__(self, total_steps: int, min_ratio: float, kind: str = "linear", warmup: int = 0):
         if total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+        if kind not in ("linear", "cosine"):
+            raise ValueError(f"kind must be 'linear' or 'cosine', got {kind!r}")
         self.total_steps = int(total_steps)
         self.min_ratio = float(min_ratio)
+        self.kind = kind
+        self.warmup = int(warmup)
 
     def __call__(self, epoch: int) -> float:
-        t = min(epoch + 1, self.total_steps)
-        return 1.0 - (1.0 - self.min_ratio) * t / self.total_steps
+        t = epoch + 1
+        # a warm-up as long as the run (a time budget that fixed a short T) keeps one decay step
+        w = min(getattr(self, "warmup", 0), self.total_steps - 1)
+        if t <= w:
+            return t / w
+        p = min(t - w, self.total_steps - w) / (self.total_steps - w)
+        if getattr(self, "kind", "linear") == "cosine":
+            return self.min_ratio + (1.0 - self.min_ratio) * 0.5 * (1.0 + math.cos(math.pi * p))
+        return 1.0 - (1.0 - self.min_ratio) * p
 
 
 def make_radam(params: Iterable[nn.Parameter], lr: float, betas: tuple[float, float], eps: float) -> torch.optim.RAdam:
@@ -38,9 +56,22 @@ def make_radam(params: Iterable[nn.Parameter], lr: float, betas: tuple[float, fl
     return torch.optim.RAdam(list(params), lr=lr, betas=betas, eps=eps, foreach=True)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, lr: float, min_lr: float) -> LambdaLR:
-    """Linear decay stepped once after every optimizer step."""
-    return LambdaLR(optimizer, LinearDecay(total_steps, min_lr / lr))
+def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, lr: float, min_lr: float,
+                   kind: str = "linear", warmup: int = 0) -> LambdaLR:
+    """Decay from ``lr`` to ``min_lr`` over ``total_steps`` (see :class:`LinearDecay`), stepped once
+    after every optimizer step. ``lr`` is the optimizer's own rate (``min_lr / lr`` is the floor)."""
+    return LambdaLR(optimizer, LinearDecay(total_steps, min_lr / lr, kind, warmup))
+
+
+def set_total_steps(scheduler: LambdaLR, total_steps: int) -> None:
+    """Change T of a :func:`make_scheduler` schedule (a time budget fixes T after timing the first steps).
+
+    The new T is part of the scheduler's state (``LambdaLR`` saves its factor object's attributes).
+    """
+    for fn in scheduler.lr_lambdas:
+        fn.total_steps = int(total_steps)
+    for group, base, fn in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base * fn(scheduler.last_epoch)
 
 
 class Lookahead:
