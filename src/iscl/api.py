@@ -14,7 +14,7 @@ Example
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -24,7 +24,7 @@ from torch import nn
 
 from iscl.config import Config, NetworkConfig, preset
 from iscl.data.normalize import Normalizer, fit_normalizer
-from iscl.nn import Generator, NoiseExtractor
+from iscl.nn.build import make_extractor, make_generator
 from iscl.predict import predict_image
 from iscl.training import checkpoint as ckpt
 from iscl.training.trainer import Trainer
@@ -75,9 +75,7 @@ class Denoiser:
     # ------------------------------------------------------------------ construction
     @staticmethod
     def _networks(net: NetworkConfig) -> tuple[nn.Module, nn.Module, nn.Module]:
-        return (Generator(1, net.generator_width, net.generator_res_blocks),
-                Generator(1, net.generator_width, net.generator_res_blocks),
-                NoiseExtractor(net.extractor_width, net.extractor_layers))
+        return make_generator(net), make_generator(net), make_extractor(net)
 
     @classmethod
     def from_weights(cls, config: Config, normalizer: Normalizer, weights: dict[str, torch.Tensor],
@@ -101,7 +99,8 @@ class Denoiser:
     # ------------------------------------------------------------------ prediction
     def predict(self, image: np.ndarray, *, outputs: Sequence[Output] = ("denoised",), gamma: float | None = None,
                 weights: Literal["swa", "raw"] | None = None, tile: int | None = None, overlap: int = 32,
-                stats_tiles: int = 16, precision: str | None = None, on_tile=None) -> dict[str, np.ndarray]:
+                stats_tiles: int = 16, precision: str | None = None, tta: bool | None = None,
+                on_tile=None) -> dict[str, np.ndarray]:
         """Several outputs for one 2-D image (H, W), in the image's units.
 
         ``denoised``/``generator``/``bypass`` come back in the input's dtype (integers rounded and
@@ -110,6 +109,8 @@ class Denoiser:
         :func:`iscl.predict.predict_image`); ``tile=None`` runs the whole image at once.
         ``precision``: ``fp32``, or ``bf16``/``fp16`` autocast for the convolutions (docs/scaling.md
         measures the difference); None: ``config.predict.precision`` (fp32 unless set).
+        ``tta``: average over the 8 rotations/flips of the image (8x the time); None:
+        ``config.predict.tta``.
         """
         a = np.asarray(image)
         if a.ndim != 2:
@@ -125,7 +126,8 @@ class Denoiser:
         gamma = self.config.predict.gamma if gamma is None else float(gamma)
         norm = predict_image(F_net, self.H, self.normalizer.forward(a), gamma=gamma, outputs=tuple(outputs),
                              tile=tile, overlap=overlap, stats_tiles=stats_tiles, device=self.device,
-                             precision=precision or self.config.predict.precision, on_tile=on_tile)
+                             precision=precision or self.config.predict.precision,
+                             tta=self.config.predict.tta if tta is None else bool(tta), on_tile=on_tile)
         out: dict[str, np.ndarray] = {}
         for k, v in norm.items():
             if k == "noise":
@@ -136,7 +138,7 @@ class Denoiser:
 
     def denoise(self, image: np.ndarray, *, output: Output = "denoised", gamma: float | None = None,
                 weights: Literal["swa", "raw"] | None = None, tile: int | None = None, overlap: int = 32,
-                stats_tiles: int = 16, precision: str | None = None) -> np.ndarray:
+                stats_tiles: int = 16, precision: str | None = None, tta: bool | None = None) -> np.ndarray:
         """Denoise one image (H, W) or a stack (Z, H, W), slice by slice, one image per network call.
 
         Returns an array of the input's shape and dtype (``noise``: float32), see :meth:`predict`.
@@ -146,7 +148,7 @@ class Denoiser:
         if a.ndim not in (2, 3):
             raise ValueError(f"denoise: expected a 2-D image or a (Z, H, W) stack, got shape {a.shape}")
         kw = dict(outputs=(output,), gamma=gamma, weights=weights, tile=tile, overlap=overlap, stats_tiles=stats_tiles,
-                  precision=precision)
+                  precision=precision, tta=tta)
         if a.ndim == 2:
             return self.predict(a, **kw)[output]
         return np.stack([self.predict(sl, **kw)[output] for sl in a])
@@ -173,7 +175,8 @@ def train(clean: np.ndarray | Sequence[np.ndarray], noisy: np.ndarray | Sequence
           config: Config | str | None = None, *, run_dir: str | os.PathLike | None = None,
           device: str | torch.device = "cpu", resume: bool = False, progress: bool = True,
           stop_at: int | None = None,
-          validation: tuple[Sequence[np.ndarray], Sequence[np.ndarray]] | None = None) -> Denoiser:
+          validation: tuple[Sequence[np.ndarray], Sequence[np.ndarray]] | None = None,
+          on_step: Callable[[Trainer, dict], None] | None = None) -> Denoiser:
     """Train ISCL on unpaired clean and noisy images.
 
     Parameters
@@ -186,6 +189,7 @@ def train(clean: np.ndarray | Sequence[np.ndarray], noisy: np.ndarray | Sequence
     stop_at : stop after this step (< T) instead of T, e.g. to continue later with ``resume``.
     validation : optional paired (clean, noisy) images (same scenes, same units as training); their
         PSNR is logged during training and the best model kept in ``run_dir/best``.
+    on_step : called as ``on_step(trainer, record)`` after every training step.
 
     Returns
     -------
@@ -207,18 +211,30 @@ def train(clean: np.ndarray | Sequence[np.ndarray], noisy: np.ndarray | Sequence
                              f"{len(vc)} clean and {len(vn)} noisy")
         val = ([normalizer.forward(a) for a in vc], [normalizer.forward(a) for a in vn])
     trainer = Trainer(config, [normalizer.forward(a) for a in clean_s], [normalizer.forward(a) for a in noisy_s],
-                      normalizer, run_dir=run_dir, device=device, resume=resume, progress=progress, validation=val)
+                      normalizer, run_dir=run_dir, device=device, resume=resume, progress=progress, validation=val,
+                      on_step=on_step)
     m = trainer.run(stop_at=stop_at)
     model = Denoiser(config, normalizer, m.prediction_F("swa"), m.nets.F, m.nets.H, trainer.info(), m.device)
     model.trainer = trainer
     return model
 
 
-def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Denoiser:
-    """Load a checkpoint directory (or a run directory holding ``checkpoint/``) for prediction."""
-    config, normalizer, info = ckpt.read_checkpoint_config(path)
-    weights = ckpt.load_weights(path)
-    return Denoiser.from_weights(config, normalizer, weights, info, device, source=str(ckpt.resolve_checkpoint(path)))
+def load(path: str | os.PathLike, device: str | torch.device = "cpu", *, force: bool = False) -> Denoiser:
+    """Load a checkpoint directory, or a run directory, for prediction.
+
+    A run directory gives its best-validation model (``best/``, kept when training had validation
+    pairs) when it has one, else its last checkpoint (``checkpoint/``); name the checkpoint folder to
+    pick one. A model saved as collapsed (training ended with F constant or the discriminators
+    winning, see :class:`~iscl.training.trainer.Trainer`) is refused unless ``force``.
+    """
+    source = ckpt.resolve_checkpoint(path, prefer_best=True)
+    config, normalizer, info = ckpt.read_checkpoint_config(source)
+    if info.get("collapsed") and not force:
+        raise ckpt.CheckpointError(
+            f"{source}: this model collapsed during training ({info['collapsed']}); its output is not a denoised "
+            "image. Retrain (a lower --lr, or --preset fast with its collapse guard), or pass --force to use it")
+    weights = ckpt.load_weights(source)
+    return Denoiser.from_weights(config, normalizer, weights, info, device, source=str(source))
 
 
 def denoise(model: Denoiser | str | os.PathLike, image: np.ndarray, **kwargs) -> np.ndarray:

@@ -79,9 +79,14 @@ def train(
         "--normalization", help="auto, percentile, fixed (with --low/--high) or ct-window")] = "auto",
     low: Annotated[float | None, typer.Option("--low", help="fixed window: value mapped to -1")] = None,
     high: Annotated[float | None, typer.Option("--high", help="fixed window: value mapped to +1")] = None,
-    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", min=0, help="save every N steps")] = 0,
-    skip_nonfinite: Annotated[bool, typer.Option(
-        "--skip-nonfinite", help="skip updates whose loss or gradient is NaN/Inf instead of stopping")] = False,
+    time_budget: Annotated[str | None, typer.Option(
+        "--time-budget", help="train for this long instead of --steps, e.g. 30m, 2h, 90s (T is fixed from the "
+        "measured speed of the first steps)")] = None,
+    checkpoint_every: Annotated[int | None, typer.Option(
+        "--checkpoint-every", min=0, help="save every N steps (default: the config's, 0 = at the end)")] = None,
+    skip_nonfinite: Annotated[bool | None, typer.Option(
+        "--skip-nonfinite/--stop-nonfinite",
+        help="skip updates whose loss or gradient is NaN/Inf, or stop (default: the config's, stop)")] = None,
     val_clean: Annotated[list[str] | None, typer.Option("--val-clean", help="paired validation: clean")] = None,
     val_noisy: Annotated[list[str] | None, typer.Option("--val-noisy", help="paired validation: noisy")] = None,
     channel: Annotated[int | None, typer.Option("--channel", min=0, help="channel of colour images")] = None,
@@ -98,7 +103,7 @@ def train(
     """Train ISCL on unpaired clean and noisy images."""
 
     def body():
-        from iscl.config import load_config
+        from iscl.config import load_config, parse_duration
         from iscl.config import preset as make_preset
         from iscl.jobs import train_files
 
@@ -107,8 +112,15 @@ def train(
                             ("seed", seed), ("min_patch_std", min_patch_std)):
             if value is not None:
                 setattr(config.train, name, value)
-        config.train.checkpoint_every = checkpoint_every
-        config.train.nonfinite = "skip" if skip_nonfinite else "stop"
+        # a flag overrides the config (file or preset) only when it is given
+        if checkpoint_every is not None:
+            config.train.checkpoint_every = checkpoint_every
+        if skip_nonfinite is not None:
+            config.train.nonfinite = "skip" if skip_nonfinite else "stop"
+        if time_budget is not None:
+            if steps is not None:
+                raise ValueError("give --steps or --time-budget, not both")
+            config.train.time_budget = parse_duration(time_budget)
         if precision is not None:
             config.train.precision = _precision(precision)
         config.train.channels_last = channels_last or config.train.channels_last
@@ -162,9 +174,16 @@ def denoise(
     channel: Annotated[int | None, typer.Option("--channel", min=0)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace existing outputs")] = False,
     keep_going: Annotated[bool, typer.Option("--keep-going", help="skip bad inputs, process the rest")] = False,
+    tta: Annotated[bool | None, typer.Option(
+        "--tta/--no-tta", help="test-time augmentation: average the 8 rotations/flips (8x the time; default: the "
+        "model's setting, off)")] = None,
+    force: Annotated[bool, typer.Option("--force", help="use a model that training marked as collapsed")] = False,
     quiet: Annotated[bool, typer.Option("--quiet")] = False,
 ) -> None:
-    """Denoise images with a trained model; outputs keep format, shape, dtype and metadata."""
+    """Denoise images with a trained model; outputs keep format, shape, dtype and metadata.
+
+    RUN is a run folder (its best-validation model when training had validation pairs, else its last
+    checkpoint) or a checkpoint folder."""
 
     def body():
         from iscl.api import load
@@ -174,13 +193,15 @@ def denoise(
             raise ValueError(f"--output must be denoised, generator or bypass; got {output!r}")
         if weights not in (None, "swa", "raw"):
             raise ValueError(f"--weights must be swa or raw; got {weights!r}")
-        model = load(run, device=device)
+        model = load(run, device=device, force=force)
         if gamma is not None:
             model.config.predict.gamma = gamma
         if weights is not None:
             model.config.predict.weights = weights  # type: ignore[assignment]
         if precision is not None:
             model.config.predict.precision = _precision(precision)
+        if tta is not None:
+            model.config.predict.tta = tta
         from iscl.volumes import parse_bytes
 
         report = denoise_files(model, inputs, out, tile=tile, overlap=overlap, stats_tiles=stats_tiles, output=output,
@@ -274,6 +295,9 @@ def benchmark(
     datasets: Annotated[str, typer.Option("--datasets", help="comma-separated")] = "em-film,em-charge,ct-ldct",
     methods: Annotated[str | None, typer.Option("--methods", help="comma-separated (default: all)")] = None,
     steps: Annotated[int, typer.Option("--steps", min=1, help="training steps, the same for every method")] = 300,
+    time_budget: Annotated[str | None, typer.Option(
+        "--time-budget", help="training time per learned method instead of --steps, e.g. 30m")] = None,
+    preset: Annotated[str, typer.Option("--preset", help="ISCL preset of every learned method")] = "cpu",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
     n_train: Annotated[int | None, typer.Option("--n-train", min=1)] = None,
     n_test: Annotated[int | None, typer.Option("--n-test", min=1)] = None,
@@ -285,11 +309,14 @@ def benchmark(
     """Every method on every simulated dataset with the same budget: results.md and figures."""
 
     def body():
+        from iscl.config import parse_duration
         from iscl.evaluate.benchmark import run_benchmark
         from iscl.methods.registry import DEFAULT_METHODS
 
         names = [m.strip() for m in methods.split(",")] if methods else list(DEFAULT_METHODS)
+        budget = parse_duration(time_budget) if time_budget is not None else None
         run_benchmark([d.strip() for d in datasets.split(",")], names, steps=steps, batch_size=batch_size, seed=seed,
+                      time_budget=budget, preset=preset,
                       out_dir=out, n_train=n_train, n_test=n_test, size=size, device=device, progress=not quiet,
                       command="iscl " + " ".join(sys.argv[1:]), log=None if quiet else typer.echo)
         typer.echo(f"results: {out / 'results.md'}")

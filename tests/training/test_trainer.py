@@ -67,7 +67,7 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path, tiny_config)
     subprocess.run(_train_cmd(data, config, straight), check=True, env=env, timeout=600)
 
     killed = tmp_path / "killed"
-    kills = 0
+    killed_at = []  # the saved step at each kill: it must fall strictly inside the run
     cmd = _train_cmd(data, config, killed)
     for target in (6, 20):  # kill twice, at different points, while it trains and checkpoints
         proc = subprocess.Popen(cmd, env=env)
@@ -76,10 +76,13 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path, tiny_config)
             time.sleep(0.05)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
-            kills += 1
+            proc.wait()
+            killed_at.append(_step(killed))
         proc.wait()
         cmd = _train_cmd(data, config, killed, "--resume")
-    assert kills >= 1
+    # the config file's checkpoint_every=2 reaches the run (a CLI default must not override it), so both
+    # kills land mid-run, after a periodic checkpoint
+    assert len(killed_at) == 2 and all(0 < s < 40 for s in killed_at), killed_at
     subprocess.run(cmd, check=True, env=env, timeout=600)
 
     a = load_train_state(straight / "checkpoint")["iscl"]["nets"]

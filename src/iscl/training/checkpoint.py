@@ -124,13 +124,15 @@ def save_checkpoint(path: str | os.PathLike, *, config: Config, normalizer: Norm
     return final
 
 
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
+def resolve_checkpoint(path: str | os.PathLike, prefer_best: bool = False) -> Path:
     """Find the checkpoint directory for ``path`` (a checkpoint dir or a run dir holding ``checkpoint/``).
 
-    Restores a checkpoint left as ``.NAME.old-*`` by a crash in the middle of :func:`_replace_dir`.
+    With ``prefer_best``, a run dir's ``best/`` (the best-validation model, kept when training had
+    validation pairs) comes before its ``checkpoint/`` (the last step). Restores a checkpoint left as
+    ``.NAME.old-*`` by a crash in the middle of :func:`_replace_dir`.
     """
     p = Path(path)
-    for candidate in (p, p / "checkpoint"):
+    for candidate in (p, *([p / "best"] if prefer_best else []), p / "checkpoint"):
         if not candidate.exists() and candidate.parent.is_dir():
             olds = sorted(candidate.parent.glob(f".{candidate.name}.old-*"))
             if olds:
@@ -142,9 +144,11 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     raise CheckpointError(f"{p}: not an iscl checkpoint (no {CONFIG_FILE} here or in {p / 'checkpoint'})")
 
 
-def read_checkpoint_config(path: str | os.PathLike) -> tuple[Config, Normalizer, dict[str, Any]]:
-    """Read and validate ``config.json``: returns (config, normalizer, info)."""
-    ckpt = resolve_checkpoint(path)
+def read_checkpoint_config(path: str | os.PathLike,
+                           prefer_best: bool = False) -> tuple[Config, Normalizer, dict[str, Any]]:
+    """Read and validate ``config.json``: returns (config, normalizer, info). ``prefer_best``: see
+    :func:`resolve_checkpoint`."""
+    ckpt = resolve_checkpoint(path, prefer_best)
     try:
         doc = json.loads((ckpt / CONFIG_FILE).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -166,9 +170,9 @@ def read_checkpoint_config(path: str | os.PathLike) -> tuple[Config, Normalizer,
     return config, normalizer, dict(doc.get("info", {}))
 
 
-def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def load_weights(path: str | os.PathLike, prefer_best: bool = False) -> dict[str, torch.Tensor]:
     """Load ``weights.safetensors`` (tensors only; nothing is executed)."""
-    ckpt = resolve_checkpoint(path)
+    ckpt = resolve_checkpoint(path, prefer_best)
     f = ckpt / WEIGHTS_FILE
     if not f.is_file():
         raise CheckpointError(f"{ckpt}: missing {WEIGHTS_FILE}")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_from_env", "info", "shutdown", "all_true"]
+__all__ = ["DistInfo", "init_from_env", "info", "shutdown", "all_true", "broadcast_int"]
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,15 @@ def all_true(flag: bool, device: torch.device) -> bool:
     t = torch.tensor([0 if flag else 1], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return int(t.item()) == 0
+
+
+def broadcast_int(value: int, device: torch.device) -> int:
+    """Rank 0's ``value`` on every rank (e.g. the T a time budget fixed)."""
+    if not info().enabled:
+        return int(value)
+    t = torch.tensor([int(value)], dtype=torch.int64, device=device)
+    dist.broadcast(t, src=0)
+    return int(t.item())
 
 
 def shutdown() -> None:

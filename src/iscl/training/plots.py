@@ -32,6 +32,7 @@ def plot_losses(log_path: str | os.PathLike, png_path: str | os.PathLike) -> Pat
     import matplotlib.pyplot as plt
 
     records = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
+    records = [r for r in records if "d_total" in r]  # step records (a time budget adds a line of its own)
     if not records:
         raise ValueError(f"{log_path}: the loss log is empty")
     steps = np.array([r["step"] for r in records])
