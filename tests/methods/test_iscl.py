@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -89,13 +90,19 @@ def test_non_finite_loss_names_step_and_term(model_and_batch):
 
 
 def test_blend_prediction_formula(model_and_batch):
+    # the production path: predict_image (whole and tiled) blends through methods.iscl.blend
+    from iscl.predict import predict_image
+
     m, x, _ = model_and_batch
-    p = blend(m.nets.F, m.nets.H, x[:1], gamma=0.3)
+    image = x[0, 0].numpy()
     with torch.no_grad():
-        f, h = m.nets.F(x[:1]), m.nets.H(x[:1])
-    assert torch.allclose(p.generator, f) and torch.allclose(p.noise, h)
-    assert torch.allclose(p.bypass, x[:1] - h)
-    assert torch.allclose(p.denoised, (0.3 * f + 0.7 * (x[:1] - h)).clamp(-1, 1))
+        f, h = m.nets.F(x[:1])[0, 0], m.nets.H(x[:1])[0, 0]
+    for gamma in (0.3, 1.0, 0.0):
+        p = predict_image(m.nets.F, m.nets.H, image, gamma=gamma, outputs=("denoised", "generator", "bypass", "noise"))
+        assert np.allclose(p["generator"], f, atol=1e-6) and np.allclose(p["noise"], h, atol=1e-6)
+        assert np.allclose(p["bypass"], image - h.numpy(), atol=1e-6)
+        assert np.allclose(p["denoised"], (gamma * f + (1 - gamma) * (image - h.numpy())).clamp(-1, 1), atol=1e-6)
+    assert torch.equal(blend(torch.tensor([2.0, 0.0]), torch.tensor([0.0, -4.0]), 0.25), torch.tensor([0.5, -1.0]))
 
 
 def test_skip_mode_skips_nonfinite_updates(tiny_config):

@@ -13,10 +13,13 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PatchSampler", "grid_starts", "dihedral", "DIHEDRAL"]
+__all__ = ["PatchSampler", "grid_starts", "dihedral", "DIHEDRAL", "AUGMENTATIONS", "augmentation_indices"]
 
 # (k rotations by 90° counter-clockwise, flip left-right first)
 DIHEDRAL: tuple[tuple[int, bool], ...] = tuple((k, f) for f in (False, True) for k in range(4))
+# which of them an ``augment`` setting uses: all 8 (the paper), the 4 that keep rows as rows (flips
+# and the half turn: noise with a scan direction, such as SEM line charging, stays along the rows), none
+AUGMENTATIONS: dict[str, tuple[int, ...]] = {"dihedral": tuple(range(8)), "flips": (0, 2, 4, 6), "none": (0,)}
 
 
 def dihedral(a: np.ndarray, index: int) -> np.ndarray:
@@ -43,6 +46,15 @@ def grid_starts(n: int, p: int, reverse: bool = False) -> np.ndarray:
     return np.sort(n - p - s) if reverse else s
 
 
+def augmentation_indices(augment: bool | str) -> tuple[int, ...]:
+    """The dihedral transform indices of an ``augment`` setting: True/"dihedral", "flips", False/"none"."""
+    key = {True: "dihedral", False: "none"}.get(augment, augment) if isinstance(augment, bool) else augment
+    try:
+        return AUGMENTATIONS[key]
+    except KeyError:
+        raise ValueError(f"augment must be one of {sorted(AUGMENTATIONS)} (or True/False), got {augment!r}") from None
+
+
 def _reversed_axes(index: int) -> tuple[bool, bool]:
     """Whether dihedral transform ``index`` reverses the original rows / columns.
 
@@ -59,7 +71,8 @@ class PatchSampler:
     ----------
     images : sequence of 2-D float32 arrays (H_i, W_i), already normalized to [-1, 1]; sizes may differ.
     patch_size : P; images with a side smaller than P contribute nothing.
-    augment : use all 8 dihedral transforms (else identity only).
+    augment : which dihedral transforms: True or ``"dihedral"`` (all 8, the paper), ``"flips"`` (the
+        4 that keep rows as rows), False or ``"none"`` (identity only).
     seed, stream : the shuffle of epoch ``e`` is drawn from ``default_rng([seed, stream, e])`` (use a
         different ``stream`` per domain), so the position (epoch, offset) is the complete state:
         resuming needs no RNG pickling.
@@ -76,7 +89,7 @@ class PatchSampler:
     (3, 1, 64, 64)
     """
 
-    def __init__(self, images: Sequence[np.ndarray], patch_size: int, augment: bool = True, seed: int = 0,
+    def __init__(self, images: Sequence[np.ndarray], patch_size: int, augment: bool | str = True, seed: int = 0,
                  stream: int = 0, rank: int = 0, world_size: int = 1, min_std: float = 0.0):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
@@ -91,7 +104,7 @@ class PatchSampler:
             if im.ndim != 2:
                 raise ValueError(f"PatchSampler: image {i} must be 2-D, got shape {im.shape}")
             flat: dict[tuple[int, int], bool] = {}  # a patch's std does not depend on the transform
-            for t in range(8 if augment else 1):
+            for t in augmentation_indices(augment):
                 rev_r, rev_c = _reversed_axes(t)
                 for r in grid_starts(im.shape[0], p, rev_r):
                     for c in grid_starts(im.shape[1], p, rev_c):

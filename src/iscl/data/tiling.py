@@ -37,22 +37,34 @@ class Tile:
 def axis_tiles(n: int, tile: int, overlap: int, align: int = 4) -> list[tuple[int, int, int, int]]:
     """Windows along one axis of length ``n``: a list of (start, stop, own_start, own_stop).
 
-    ``n`` must be a multiple of ``align`` (callers pad the image first); ``tile`` is rounded down and
-    the step ``tile - overlap`` is rounded down to multiples of ``align``.
+    ``n`` must be a multiple of ``align`` (callers pad the image first); ``tile`` is rounded down to a
+    multiple of ``align``. The axis gets as few windows as ``tile`` and ``overlap`` allow, all of one
+    size, evenly spread: the smallest aligned size that still gives neighbours at least ``overlap``
+    pixels in common. (Windows of the full ``tile`` size with the last one pushed back to the end
+    process up to 2.25x the image's pixels for a 1024² image in 512² tiles; even windows ~1.13x.)
     """
     if n % align:
         raise ValueError(f"axis length {n} must be a multiple of {align}")
     tile = max(align, tile - tile % align)
     if n <= tile:
         return [(0, n, 0, n)]
-    step = tile - overlap
-    step -= step % align
-    if step <= 0:
+    if tile - overlap < align:
         raise ValueError(f"overlap {overlap} must be smaller than tile {tile} by at least {align}")
-    starts = list(range(0, n - tile, step)) + [n - tile]
+    count = -(-(n - overlap) // (tile - overlap))  # the fewest windows that overlap enough
+    while True:
+        size = -(-((n - overlap) // count + overlap) // align) * align
+        while size <= tile:
+            # starts spread evenly on the align grid, the last window ending at n
+            starts = [int(round(i * (n - size) / (count - 1) / align)) * align for i in range(count)]
+            if all(starts[i] + size - starts[i + 1] >= overlap for i in range(count - 1)):
+                break
+            size += align
+        if size <= tile:
+            break
+        count += 1
     out = []
     for i, s in enumerate(starts):
-        e = s + tile
+        e = s + size
         own0 = 0 if i == 0 else out[-1][3]
         if i == len(starts) - 1:
             own1 = n
