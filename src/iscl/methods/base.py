@@ -17,6 +17,7 @@ Example
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -24,6 +25,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 from torch import nn
+
+from iscl.nn.layers import truncated_normal_init_
 
 __all__ = [
     "Method",
@@ -92,26 +95,45 @@ class MethodBase:
 
     Subclasses set ``name`` and ``needs`` and implement :meth:`_fit` and :meth:`_denoise`.
 
+    A learned method's training loop calls :meth:`_after_step` after every update; that keeps the
+    step's seconds in the history and, at the wall-clock ``marks`` given to :meth:`fit`, a copy of the
+    predicting state (:meth:`snapshot`), which :meth:`use_snapshot` puts back (a quality-vs-time curve
+    from one run).
+
     Attributes
     ----------
     history : list of dict
-        One record per training step (loss terms, learning rate); empty for methods without training.
+        One record per training step (loss terms, learning rate, seconds); empty for methods without
+        training.
     train_seconds : float
         Wall time of the last :meth:`fit`.
+    snapshots : dict of float to state
+        Predicting state at each mark (seconds since :meth:`fit` started) that training passed.
     """
 
     name: str = "method"
     needs: frozenset[str] = frozenset()
+    #: ``_fit`` takes ``time_budget`` itself (ISCL's trainer fixes T from its first steps)
+    budgets_itself: bool = False
 
     def __init__(self) -> None:
         self.history: list[dict[str, float]] = []
         self.train_seconds = 0.0
         self.fitted = False
+        self.snapshots: dict[float, Any] = {}
+        self._marks: list[float] = []
+        self._started = 0.0
 
     def fit(self, *, clean: Sequence[np.ndarray] | None = None, noisy: Sequence[np.ndarray],
             pairs: tuple[Sequence[np.ndarray], Sequence[np.ndarray]] | None = None, steps: int = 1,
-            batch_size: int = 1, seed: int = 0, device: str = "cpu", progress: bool = False) -> None:
-        """See :meth:`Method.fit`. Checks what this method needs, then trains and times it."""
+            batch_size: int = 1, seed: int = 0, device: str = "cpu", progress: bool = False,
+            time_budget: float | None = None, marks: Sequence[float] = ()) -> None:
+        """See :meth:`Method.fit`. Checks what this method needs, then trains and times it.
+
+        ``time_budget`` (seconds) replaces ``steps``: a few steps are timed first and the method
+        trains for as many as fit in the budget (its schedule follows that count). ``marks``:
+        seconds (from the start of ``fit``) at which to keep a :meth:`snapshot`.
+        """
         if int(steps) < 1 or int(batch_size) < 1:
             raise ValueError(f"{self.name}: steps and batch_size must be >= 1, got {steps} and {batch_size}")
         if "clean" in self.needs and not clean:
@@ -130,12 +152,49 @@ class MethodBase:
                 raise ValueError(f"{self.name}: pairs must hold noisy and clean lists of equal length and "
                                  f"matching shapes; got {len(pn)} and {len(pc)} images")
             pairs_l = (pn, pc)
-        self.history = []
-        t0 = time.perf_counter()
-        self._fit(clean=clean_l, noisy=noisy_l, pairs=pairs_l, steps=int(steps), batch_size=int(batch_size),
-                  seed=int(seed), device=device, progress=progress)
+        self.history, self.snapshots = [], {}
+        self._marks = sorted(float(m) for m in marks)
+        t0 = self._started = time.perf_counter()
+        kw = dict(clean=clean_l, noisy=noisy_l, pairs=pairs_l, batch_size=int(batch_size), seed=int(seed),
+                  device=device)
+        if time_budget is not None and self.needs:
+            if self.budgets_itself:
+                kw["time_budget"] = float(time_budget)
+            else:
+                steps = self._steps_for_budget(float(time_budget), kw)
+        self._fit(**kw, steps=int(steps), progress=progress)
         self.train_seconds = time.perf_counter() - t0
         self.fitted = True
+
+    def _steps_for_budget(self, budget: float, kw: dict[str, Any]) -> int:
+        """Time a short run (1 warm-up + 4 timed steps, then thrown away) and return the number of steps
+        that, with a 3 % margin, fit in what is left of ``budget`` seconds."""
+        marks, self._marks = self._marks, []
+        self._fit(**kw, steps=5, progress=False)
+        per_step = float(np.median([r["seconds"] for r in self.history[1:]]))
+        self.history, self._marks = [], marks
+        left = budget - (time.perf_counter() - self._started)
+        steps = int(left / (per_step * 1.03))
+        if steps < 1:
+            raise ValueError(f"{self.name}: a time budget of {budget:g} s is too short (a step takes {per_step:.2f} s)")
+        self.budget_plan = {"seconds": budget, "seconds_per_step": per_step, "steps": steps}
+        return steps
+
+    def _after_step(self, record: dict[str, float], step_started: float) -> None:
+        """Log a step (with its seconds) and keep a snapshot at every mark training has passed."""
+        now = time.perf_counter()
+        record["seconds"] = now - step_started
+        self.history.append(record)
+        while self._marks and now - self._started >= self._marks[0]:
+            self.snapshots[self._marks.pop(0)] = self.snapshot()
+
+    def snapshot(self) -> Any:
+        """A copy of what prediction uses now (a learned method overrides it)."""
+        raise NotImplementedError(f"{self.name} keeps no snapshots")
+
+    def use_snapshot(self, state: Any) -> None:
+        """Predict with a state from :attr:`snapshots` from now on."""
+        raise NotImplementedError(f"{self.name} keeps no snapshots")
 
     def denoise(self, image: np.ndarray) -> np.ndarray:
         """See :meth:`Method.denoise`."""
@@ -201,12 +260,7 @@ def init_weights_(module: nn.Module, std: float, generator: torch.Generator) -> 
 
     Every trained method uses it, so no method starts from a luckier initialisation than the others.
     """
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            nn.init.trunc_normal_(m.weight, 0.0, std, -2 * std, 2 * std, generator=generator)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-    return module
+    return truncated_normal_init_(module, std, generator)
 
 
 @torch.no_grad()
@@ -288,7 +342,8 @@ class SingleGeneratorMethod(MethodBase):
              device: str, progress: bool) -> None:
         from tqdm.auto import tqdm
 
-        from iscl.nn import Generator, clamp_rho_
+        from iscl.nn import clamp_rho_
+        from iscl.nn.build import make_generator
         from iscl.training.optim import make_radam, make_scheduler, make_swa, swa_should_update
 
         cfg = resolve_config(self.config, self.network_overrides, steps=steps, batch_size=batch_size, seed=seed)
@@ -296,13 +351,15 @@ class SingleGeneratorMethod(MethodBase):
         t, n = cfg.train, cfg.network
         self.device = torch.device(device)
         gen = torch.Generator().manual_seed(t.seed)
-        net = init_weights_(Generator(1, n.generator_width, n.generator_res_blocks), t.init_std, gen)
+        net = init_weights_(make_generator(n), t.init_std, gen)
         net.to(self.device).train()
         opt = make_radam(net.parameters(), t.lr, t.betas, t.eps)
-        sched = make_scheduler(opt, t.steps, t.lr, t.min_lr)
+        sched = make_scheduler(opt, t.steps, t.lr, t.min_lr, kind=t.schedule, warmup=t.warmup_steps)
         swa = make_swa(net)
+        self._live = (net, swa, t)
         stream = self._batches(cfg, clean, noisy, pairs)
         for step in tqdm(range(1, t.steps + 1), disable=not progress, unit="step", desc=self.name):
+            started = time.perf_counter()
             lr = opt.param_groups[0]["lr"]
             batch = [b.to(self.device) for b in stream.next(t.batch_size)]
             loss = self._loss(net, batch)
@@ -315,10 +372,20 @@ class SingleGeneratorMethod(MethodBase):
             sched.step()
             if swa_should_update(step, t.steps, t.swa_start):
                 swa.update_parameters(net)
-            self.history.append({"step": step, "loss": float(loss.detach()), "lr": lr})
+            self._after_step({"step": step, "loss": float(loss.detach()), "lr": lr}, started)
+        self.net = self._predicting(net, swa).eval()
         self.swa_snapshots = int(swa.n_averaged.item())
-        use_swa = self.weights == "swa" and self.swa_snapshots > 0
-        self.net = (swa.module if use_swa else net).eval()
+
+    def _predicting(self, net: nn.Module, swa: Any) -> nn.Module:
+        """The network that predicts: the SWA average when asked for and it has snapshots, else ``net``."""
+        return swa.module if self.weights == "swa" and int(swa.n_averaged.item()) > 0 else net
+
+    def snapshot(self) -> nn.Module:
+        net, swa, _ = self._live
+        return copy.deepcopy(self._predicting(net, swa)).eval()
+
+    def use_snapshot(self, state: nn.Module) -> None:
+        self.net = state
 
     def _denoise(self, image: np.ndarray) -> np.ndarray:
         return predict_image(self.net, image, self.device)

@@ -10,6 +10,8 @@ ISCL's default).
 
 from __future__ import annotations
 
+import copy
+import time
 from typing import Any
 
 import numpy as np
@@ -21,7 +23,8 @@ from iscl.config import Config
 from iscl.data.patches import PatchSampler
 from iscl.methods.base import MethodBase, config_summary, init_weights_, predict_image, resolve_config, to_network
 from iscl.methods.iscl import frozen
-from iscl.nn import Generator, PatchDiscriminator, clamp_rho_
+from iscl.nn import clamp_rho_
+from iscl.nn.build import make_discriminator, make_generator
 from iscl.training.optim import Lookahead, make_radam, make_scheduler, make_swa, swa_should_update
 
 __all__ = ["CycleGAN"]
@@ -64,22 +67,25 @@ class CycleGAN(MethodBase):
         t, net = cfg.train, cfg.network
         self.device = torch.device(device)
         gen = torch.Generator().manual_seed(t.seed)
-        F = init_weights_(Generator(1, net.generator_width, net.generator_res_blocks), t.init_std, gen)
-        G = init_weights_(Generator(1, net.generator_width, net.generator_res_blocks), t.init_std, gen)
-        D_X = init_weights_(PatchDiscriminator(net.discriminator_width), t.init_std, gen)
-        D_Y = init_weights_(PatchDiscriminator(net.discriminator_width), t.init_std, gen)
+        F = init_weights_(make_generator(net), t.init_std, gen)
+        G = init_weights_(make_generator(net), t.init_std, gen)
+        D_X = init_weights_(make_discriminator(net), t.init_std, gen)
+        D_Y = init_weights_(make_discriminator(net), t.init_std, gen)
         for m in (F, G, D_X, D_Y):
             m.to(self.device).train()
         opt_fg = make_radam([*F.parameters(), *G.parameters()], t.lr, t.betas, t.eps)
         opt_d = Lookahead(make_radam([*D_X.parameters(), *D_Y.parameters()], t.lr, t.betas, t.eps),
                           t.lookahead_k, t.lookahead_alpha)
-        sched_fg = make_scheduler(opt_fg, t.steps, t.lr, t.min_lr)
-        sched_d = make_scheduler(opt_d.optimizer, t.steps, t.lr, t.min_lr)
+        kw = {"kind": t.schedule, "warmup": t.warmup_steps}
+        sched_fg = make_scheduler(opt_fg, t.steps, t.lr, t.min_lr, **kw)
+        sched_d = make_scheduler(opt_d.optimizer, t.steps, t.lr, t.min_lr, **kw)
         swa_F = make_swa(F)
+        self._live = (F, swa_F)
         # the same patch streams as ISCL's Trainer (stream 0 = clean, 1 = noisy)
         clean_s = PatchSampler([to_network(a) for a in clean or []], t.patch_size, t.augment, seed=t.seed, stream=0)
         noisy_s = PatchSampler([to_network(a) for a in noisy], t.patch_size, t.augment, seed=t.seed, stream=1)
         for step in tqdm(range(1, t.steps + 1), disable=not progress, unit="step", desc=self.name):
+            started = time.perf_counter()
             x = torch.from_numpy(noisy_s.next_batch(t.batch_size)).to(self.device)
             y = torch.from_numpy(clean_s.next_batch(t.batch_size)).to(self.device)
             lr = opt_fg.param_groups[0]["lr"]
@@ -115,10 +121,18 @@ class CycleGAN(MethodBase):
                       "g_total": _f(g_total), "lr": lr}
             if not np.isfinite(record["d_total"]) or not np.isfinite(record["g_total"]):
                 raise FloatingPointError(f"{self.name}: non-finite loss at step {step}: {record}")
-            self.history.append(record)
-        use_swa = self.weights == "swa" and int(swa_F.n_averaged.item()) > 0
-        self.F = (swa_F.module if use_swa else F).eval()
+            self._after_step(record, started)
+        self.F = self._predicting(F, swa_F).eval()
         self.swa_snapshots = int(swa_F.n_averaged.item())
+
+    def _predicting(self, F: torch.nn.Module, swa_F: Any) -> torch.nn.Module:
+        return swa_F.module if self.weights == "swa" and int(swa_F.n_averaged.item()) > 0 else F
+
+    def snapshot(self) -> torch.nn.Module:
+        return copy.deepcopy(self._predicting(*self._live)).eval()
+
+    def use_snapshot(self, state: torch.nn.Module) -> None:
+        self.F = state
 
     def _denoise(self, image: np.ndarray) -> np.ndarray:
         return predict_image(self.F, image, self.device)

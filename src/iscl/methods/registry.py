@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,7 @@ class ISCLMethod(MethodBase):
     """
 
     needs = frozenset({"clean", "noisy"})
+    budgets_itself = True
 
     def __init__(self, output: str = "denoised", weights: str = "swa", *, config: Any = "cpu",
                  network: dict[str, Any] | None = None, run_dir: str | os.PathLike | None = None,
@@ -75,18 +77,36 @@ class ISCLMethod(MethodBase):
         self.model: Any = None
 
     def _fit(self, *, clean: list[np.ndarray] | None, noisy: list[np.ndarray], pairs: Any, steps: int,
-             batch_size: int, seed: int, device: str, progress: bool) -> None:
+             batch_size: int, seed: int, device: str, progress: bool, time_budget: float | None = None) -> None:
         from iscl.api import train
 
-        cfg = resolve_config(self.config, self.network_overrides, steps=steps, batch_size=batch_size, seed=seed)
+        cfg = resolve_config(self.config, self.network_overrides, steps=steps, batch_size=batch_size, seed=seed,
+                             time_budget=time_budget)
         self.resolved = cfg
+
+        def on_step(trainer: Any, record: dict[str, Any]) -> None:
+            self._trainer = trainer
+            self._after_step(dict(record), time.perf_counter() - record.get("seconds", 0.0))
+
         with tempfile.TemporaryDirectory(prefix="iscl-run-") as tmp:
             run_dir = Path(self.run_dir) if self.run_dir is not None else Path(tmp)
-            self.model = train(clean, noisy, cfg, run_dir=run_dir, device=device, progress=progress)
+            self.model = train(clean, noisy, cfg, run_dir=run_dir, device=device, progress=progress, on_step=on_step)
             log = run_dir / "log.jsonl"
             if log.exists():
                 self.history = [json.loads(ln) for ln in log.read_text().splitlines() if ln.strip()]
-        self.model.trainer = None  # the trainer holds the patch pools and optimiser state; not needed now
+        self.model.trainer = self._trainer = None  # the patch pools and optimiser state are not needed now
+
+    def snapshot(self) -> dict[str, Any]:
+        """The prediction weights (SWA and raw F, H) and the current prediction settings."""
+        t = self._trainer
+        return {"weights": {k: v.detach().clone() for k, v in t.prediction_weights().items()},
+                "config": t._config_to_save().model_copy(deep=True), "info": t.info()}
+
+    def use_snapshot(self, state: dict[str, Any]) -> None:
+        from iscl.api import Denoiser
+
+        self.model = Denoiser.from_weights(state["config"], self.model.normalizer, state["weights"], state["info"],
+                                           self.model.device)
 
     @classmethod
     def load(cls, path: str | os.PathLike, output: str = "denoised", weights: str = "swa", name: str = "iscl",
@@ -183,7 +203,8 @@ METHODS: dict[str, MethodSpec] = {s.name: s for s in (
     MethodSpec("bm3d-white", "bm3d-white", _bm3d("white", "bm3d-white"),
                "BM3D, white-noise mode, sigma estimated from each noisy image (MAD of Haar details)", frozenset()),
     MethodSpec("blindspot", "blindspot", _learned("iscl.methods.blindspot.BlindSpot", "blindspot"),
-               "Noise2Void-style masked-pixel training on the noisy images (ISCL's generator)", frozenset({"noisy"})),
+               "Noise2Void (n2v defaults): depth-2 U-Net, 0.198 % of pixels replaced by a random 11x11-window "
+               "neighbour, MSE on them, Adam 4e-4, standardised noisy images", frozenset({"noisy"})),
     MethodSpec("cyclegan", "cyclegan", _learned("iscl.methods.cyclegan.CycleGAN", "cyclegan"),
                "ISCL without H, boosting and bypass (the paper's CycleGAN ablation); F(x)", _UNPAIRED),
     MethodSpec("iscl", "iscl", _iscl("iscl", "denoised", "swa"),

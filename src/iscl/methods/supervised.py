@@ -27,7 +27,7 @@ class _PairedStream:
     scene, the same crop and the same dihedral transform.
     """
 
-    def __init__(self, noisy: list[np.ndarray], clean: list[np.ndarray], patch: int, augment: bool, seed: int):
+    def __init__(self, noisy: list[np.ndarray], clean: list[np.ndarray], patch: int, augment: bool | str, seed: int):
         self.noisy = PatchSampler(noisy, patch, augment, seed=seed, stream=3)
         self.clean = PatchSampler(clean, patch, augment, seed=seed, stream=3)
 
