@@ -190,6 +190,7 @@ def run_benchmark(
     steps: int = 300,
     batch_size: int = 8,
     seed: int = 0,
+    time_budget: float | None = None,
     out_dir: str | os.PathLike,
     n_train: int | None = None,
     n_test: int | None = None,
@@ -215,6 +216,8 @@ def run_benchmark(
         with a note in the results, when the optional ``bm3d`` package is missing.
     steps, batch_size : the training budget of every learned method (``steps`` updates of
         ``batch_size`` patches of the preset's patch size).
+    time_budget : seconds of training per learned method instead of ``steps``: each times its first
+        steps and trains as many as fit (see :meth:`~iscl.methods.base.MethodBase.fit`).
     seed : training seed of every learned method (initialisation, patch order, masks).
     out_dir : results directory (created; reused to resume when its settings match).
     n_train, n_test, size, strength, data_seed, cache_dir : passed to
@@ -256,6 +259,7 @@ def run_benchmark(
         raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
     out = Path(out_dir)
     settings = {"format": BENCHMARK_FORMAT, "steps": int(steps), "batch_size": int(batch_size), "seed": int(seed),
+                **({"time_budget": float(time_budget)} if time_budget is not None else {}),
                 "n_train": n_train, "n_test": n_test, "size": size, "strength": float(strength),
                 "data_seed": int(data_seed), "preset": preset, "network": dict(network or {}),
                 "train": dict(train or {}), "figure_index": int(figure_index)}
@@ -347,15 +351,19 @@ def _run_dataset(name: str, todo: list[str], out: Path, settings: dict[str, Any]
             if "pairs" in spec.needs:
                 pairs = _pairs_cached(out, name, len(ds.train_clean), ds.test_clean.shape[-1], settings["data_seed"],
                                       settings["strength"], ds.params.get("dataset_code"), say)
+            budget = settings.get("time_budget")
             if spec.trained:
-                say(f"[{name}] training {fam}: {settings['steps']} steps x batch {settings['batch_size']}")
+                say(f"[{name}] training {fam}: " + (f"{budget:g} s" if budget else f"{settings['steps']} steps")
+                    + f" x batch {settings['batch_size']}")
             trained.fit(clean=list(ds.train_clean), noisy=list(ds.train_noisy), pairs=pairs, steps=settings["steps"],
-                        batch_size=settings["batch_size"], seed=settings["seed"], device=device, progress=progress)
+                        batch_size=settings["batch_size"], seed=settings["seed"], device=device, progress=progress,
+                        time_budget=budget)
             run_dir.mkdir(parents=True, exist_ok=True)
             if trained.history and fam != "iscl":  # ISCL's trainer writes its own log.jsonl
                 (run_dir / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in trained.history))
-            _write_json(train_json, {"train_seconds": trained.train_seconds, "steps": settings["steps"],
-                                     "batch_size": settings["batch_size"]})
+            done = sum(1 for r in trained.history if r.get("step", 0) > 0)
+            _write_json(train_json, {"train_seconds": trained.train_seconds, "steps": done or settings["steps"],
+                                     "batch_size": settings["batch_size"], "time_budget": budget})
             if spec.trained:
                 say(f"[{name}] {fam} trained in {trained.train_seconds:.0f} s")
         for row in rows:

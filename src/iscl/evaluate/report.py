@@ -149,7 +149,9 @@ def plot_losses(out: Path, ds: str, path: Path, smooth: int = 20) -> Path | None
     for fam in _LOSS_KEYS:
         p = out / "runs" / ds / fam / "log.jsonl"
         if p.exists():
-            logs[fam] = [json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()]
+            # step records only (ISCL's log also holds a time-budget line)
+            recs = [json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()]
+            logs[fam] = [r for r in recs if _LOSS_KEYS[fam][0] in r]
     if not logs:
         return None
     fig = Figure(figsize=(3.2 * len(logs), 2.8), dpi=110)

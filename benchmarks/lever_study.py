@@ -1,0 +1,130 @@
+"""Compare training settings ("levers") of ISCL on validation pairs of both data families, at fixed steps.
+
+One call trains one setting on one (family, task) and appends one JSON line to ``--out``: the validation
+PSNR curve of the blend (every ``--eval-every`` steps), the final PSNR of the blend, F(x), x - H(x) and
+the raw F, the noisy input's and BM3D's validation PSNR, and the seconds per step. Settings are compared
+at equal steps (the quality of a step does not depend on how busy the machine is); their cost per
+step is measured separately on an idle machine (``benchmarks/speed.py``), and the winners are confirmed
+with wall-clock budgets (``benchmarks/quality_vs_time.py``). Validation pairs only (see families.py).
+
+Usage::
+
+    OMP_NUM_THREADS=1 python benchmarks/lever_study.py --family sim --task em-charge --steps 600 \\
+        --set network.residual_generators=true --tag residual --out runs/levers.jsonl
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from families import FAMILIES, TASKS, load_family  # noqa: E402
+from iscl.config import Config, preset  # noqa: E402
+from iscl.data.normalize import Normalizer  # noqa: E402
+from iscl.evaluate.metrics import psnr  # noqa: E402
+from iscl.predict import predict_image  # noqa: E402
+from iscl.training.trainer import Trainer  # noqa: E402
+
+
+def apply_overrides(config: Config, items: list[str]) -> Config:
+    """``section.field=value`` (JSON values; bare words are strings) applied to a copy of ``config``."""
+    d = config.model_dump()
+    for item in items:
+        key, _, raw = item.partition("=")
+        section, _, field = key.partition(".")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        d[section][field] = value
+    return Config.model_validate(d)
+
+
+def bm3d_psnr(family: str, task: str, clean: np.ndarray, noisy: np.ndarray, cache: Path) -> float:
+    """BM3D (the benchmark's blind set-up) on the validation pairs, cached in ``cache``."""
+    key = f"{family}/{task}/{len(clean)}"
+    known = json.loads(cache.read_text()) if cache.exists() else {}
+    if key not in known:
+        from iscl.methods.registry import get_method
+
+        bm3d = get_method("bm3d")
+        known[key] = float(np.mean([psnr(c, np.clip(bm3d.denoise(n), 0, 1), 1.0) for c, n in zip(clean, noisy)]))
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(known, indent=1))
+    return known[key]
+
+
+def score(trainer: Trainer, clean: np.ndarray, noisy: np.ndarray, gamma: float) -> dict[str, float]:
+    """Validation PSNR (on [0, 1]) of the blend (SWA F), F alone, the bypass and the blend with the raw F."""
+    m = trainer.model
+    out: dict[str, list[float]] = {"blend": [], "F": [], "bypass": [], "blend_raw": []}
+    for c, n in zip(clean, noisy):
+        x = 2 * n - 1
+        r = predict_image(m.prediction_F("swa"), m.nets.H, x, gamma=gamma, outputs=("denoised", "generator", "bypass"))
+        raw = predict_image(m.nets.F, m.nets.H, x, gamma=gamma)["denoised"]
+        for k, v in (("blend", r["denoised"]), ("F", r["generator"]), ("bypass", r["bypass"]), ("blend_raw", raw)):
+            out[k].append(psnr(c, np.clip((v + 1) / 2, 0, 1), 1.0))
+    return {k: float(np.mean(v)) for k, v in out.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--family", choices=FAMILIES, required=True)
+    p.add_argument("--task", choices=TASKS, required=True)
+    p.add_argument("--preset", default="cpu")
+    p.add_argument("--set", action="append", default=[], help="config override section.field=value (repeatable)")
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tag", default="")
+    p.add_argument("--out", type=Path, required=True, help="JSON-lines file the result is appended to")
+    args = p.parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+
+    split = load_family(args.family, args.task)
+    cfg = apply_overrides(preset(args.preset), args.set)
+    cfg.train.steps, cfg.train.seed = args.steps, args.seed
+    cfg.normalization = type(cfg.normalization)(mode="fixed", low=0.0, high=1.0)
+    norm = Normalizer(low=0.0, high=1.0)
+    trainer = Trainer(cfg, [2 * a - 1 for a in split.train_clean], [2 * a - 1 for a in split.train_noisy], norm,
+                      progress=False)
+    curve, seconds, stopped = [], 0.0, None
+    gamma = cfg.predict.gamma
+    for stop in range(args.eval_every, args.steps + args.eval_every, args.eval_every):
+        t0 = time.perf_counter()
+        try:
+            trainer.run(stop_at=min(stop, args.steps))
+        except Exception as exc:  # noqa: BLE001 - a diverged setting is a result, not a crash
+            stopped = f"{type(exc).__name__}: {exc}"
+            break
+        seconds += time.perf_counter() - t0
+        s = score(trainer, split.val_clean, split.val_noisy, gamma)
+        curve.append((trainer.model.step, s["blend"], s["F"], s["bypass"]))
+    final = score(trainer, split.val_clean, split.val_noisy, gamma)
+    noisy = float(np.mean([psnr(c, n, 1.0) for c, n in zip(split.val_clean, split.val_noisy)]))
+    result = {"tag": args.tag, "family": args.family, "task": args.task, "preset": args.preset, "set": args.set,
+              "steps": trainer.model.step, "seed": args.seed, "stopped": stopped, "final": final,
+              "best_blend": max((c[1] for c in curve), default=float("nan")), "curve": curve,
+              "noisy": noisy, "bm3d": bm3d_psnr(args.family, args.task, split.val_clean, split.val_noisy,
+                                                args.out.parent / "bm3d_validation.json"),
+              "seconds_per_step": seconds / max(1, trainer.model.step), "threads": torch.get_num_threads()}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "a") as fh:
+        fh.write(json.dumps(result) + "\n")
+    print(f"{args.tag:24s} {args.family}/{args.task:9s} final blend {final['blend']:.2f} F {final['F']:.2f} "
+          f"bypass {final['bypass']:.2f} | noisy {noisy:.2f} bm3d {result['bm3d']:.2f} | "
+          f"{result['seconds_per_step']:.2f} s/step {stopped or ''}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
