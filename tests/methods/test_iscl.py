@@ -118,3 +118,16 @@ def test_skip_mode_skips_nonfinite_updates(tiny_config):
     record = m.train_step(x.nan_to_num(posinf=0.0), y)
     assert "skipped" not in record and changed(before, m) == set(NETS)
     assert record["fg_grad_norm"] > 0 and record["f_std"] > 0
+
+
+def test_fg_step_reuses_the_d_steps_noise_map(model_and_batch):
+    # H is not updated between the D and F/G steps: one no-grad H(x) serves both (H runs 3 times a step)
+    m, x, y = model_and_batch
+    calls = []
+    hook = m.nets.H.register_forward_hook(lambda *_: calls.append(1))
+    m.train_step(x, y)
+    assert len(calls) == 3  # d_step H(x), h_step H(x) and H(G(y))
+    calls.clear()
+    m.fg_step(x, y)  # on its own (no d_step on this batch before it): computes H(x) itself
+    hook.remove()
+    assert len(calls) == 1

@@ -207,6 +207,7 @@ class ISCL:
         self.swa_G = make_swa(n.G)
         self.step = 0  # completed training steps
         self.skipped: list[str] = []  # sub-steps skipped in the current step (nonfinite="skip")
+        self._h_cache: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)  # (x, H(x)) of d_step
 
     # ------------------------------------------------------------------ sub-steps
     def d_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -219,6 +220,8 @@ class ISCL:
                 h_x = n.H(x)
                 pseudo_clean = x - h_x
                 pseudo_noisy = y + h_x
+            # H is not updated before the F/G step, which needs H(x) without gradient too: keep it
+            self._h_cache = (x, h_x)
             d_noisy, d_clean, boost = self.d_objective(x, y, f_x, g_y, pseudo_noisy, pseudo_clean)
         total = d_noisy + d_clean + boost
         gnorm = self._update("d", total, dict(d_noisy=d_noisy, d_clean=d_clean, d_boosting=boost), self.opt_d,
@@ -233,9 +236,12 @@ class ISCL:
         n = self.nets
         with frozen(n.D_X, n.D_Y):
             with self._autocast():
-                with torch.no_grad():
-                    h_x = n.H(x).float()
-                adv_noisy, adv_clean, cycle, bypass, identity, f_x = self.fg_objective(x, y, h_x)
+                cached_x, h_x = self._h_cache
+                self._h_cache = (None, None)
+                if cached_x is not x:  # called on its own, not right after d_step on this batch
+                    with torch.no_grad():
+                        h_x = n.H(x)
+                adv_noisy, adv_clean, cycle, bypass, identity, f_x = self.fg_objective(x, y, h_x.float())
             t = self.train_config
             consistency = cycle + bypass
             terms = dict(g_adv_noisy=adv_noisy, g_adv_clean=adv_clean, g_cycle=cycle, g_bypass=bypass)
