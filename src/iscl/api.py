@@ -6,7 +6,7 @@ Arrays at this edge are NumPy, in the images' own units and dtype; the stored
 Example
 -------
 >>> import iscl
->>> model = iscl.train(clean_images, noisy_images, iscl.config.preset("cpu"), run_dir="runs/em")  # doctest: +SKIP
+>>> model = iscl.train(clean_images, noisy_images, iscl.config.preset("fast"), run_dir="runs/em")  # doctest: +SKIP
 >>> restored = model.denoise(noisy_image)  # same shape and dtype as the input          # doctest: +SKIP
 >>> model.save("runs/em/export"); model = iscl.load("runs/em")                          # doctest: +SKIP
 """
@@ -183,7 +183,8 @@ def train(clean: np.ndarray | Sequence[np.ndarray], noisy: np.ndarray | Sequence
     ----------
     clean, noisy : a 2-D image, a (Z, H, W) stack, or a sequence of them; any real dtype, in the
         images' own units. The pools must not show the same scenes (unpaired learning).
-    config : a :class:`~iscl.config.Config`, a preset name (``"paper"``, ``"cpu"``) or ``None`` (``cpu``).
+    config : a :class:`~iscl.config.Config`, a preset name (``"fast"``, ``"paper"``, ``"cpu"``) or ``None``
+        (``fast``).
     run_dir : where the loss log and the checkpoint go (``None``: nothing is written).
     resume : continue the run saved in ``run_dir``.
     stop_at : stop after this step (< T) instead of T, e.g. to continue later with ``resume``.
@@ -196,7 +197,7 @@ def train(clean: np.ndarray | Sequence[np.ndarray], noisy: np.ndarray | Sequence
     Denoiser
     """
     if config is None or isinstance(config, str):
-        config = preset(config or "cpu")
+        config = preset(config or "fast")
     clean_s = _as_slices(clean, "clean")
     noisy_s = _as_slices(noisy, "noisy")
     if resume and run_dir is not None:

@@ -66,7 +66,9 @@ def train(
     clean: Annotated[list[str], typer.Option("--clean", help="clean images: files, folders or globs (repeatable)")],
     noisy: Annotated[list[str], typer.Option("--noisy", help="noisy images of OTHER scenes: files, folders, globs")],
     out: Annotated[Path, typer.Option("--out", help="run folder: checkpoint/, log.jsonl, loss.png")],
-    preset: Annotated[str, typer.Option("--preset", help="cpu (minutes on a laptop) or paper (official)")] = "cpu",
+    preset: Annotated[str | None, typer.Option(
+        "--preset", help="fast (quality per CPU minute; the default on a CPU), paper (the official method; the "
+        "default with --device cuda) or cpu (the previous small preset)")] = None,
     config_file: Annotated[Path | None, typer.Option(
         "--config", help="a full configuration (JSON, e.g. a checkpoint's config.json) instead of --preset")] = None,
     steps: Annotated[int | None, typer.Option("--steps", min=1, help="training steps (default: preset)")] = None,
@@ -107,7 +109,8 @@ def train(
         from iscl.config import preset as make_preset
         from iscl.jobs import train_files
 
-        config = load_config(config_file) if config_file is not None else make_preset(preset)
+        default = "paper" if device.startswith("cuda") else "fast"
+        config = load_config(config_file) if config_file is not None else make_preset(preset or default)
         for name, value in (("steps", steps), ("batch_size", batch_size), ("patch_size", patch_size), ("lr", lr),
                             ("seed", seed), ("min_patch_std", min_patch_std)):
             if value is not None:
@@ -328,11 +331,11 @@ def benchmark(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", help="where data, model and results go")] = Path("demo-output"),
-    steps: Annotated[int | None, typer.Option("--steps", min=1, help="training steps (default: cpu preset)")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", min=1, help="training steps (default 600)")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet")] = False,
 ) -> None:
-    """Simulate EM film noise, train ISCL (cpu preset), denoise the test images, report PSNR/SSIM."""
+    """Simulate EM film noise, train ISCL (fast preset), denoise the test images, report PSNR/SSIM."""
 
     def body():
         from iscl.demo import run_demo
