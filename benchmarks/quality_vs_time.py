@@ -227,7 +227,14 @@ def main(argv: list[str] | None = None) -> int:
                 if (args.out / "cells" / f"{d}__{m}.json").exists():
                     continue
                 print(f"[{time.strftime('%H:%M:%S')}] {d} / {m}: training for {budget:g} s", flush=True)
-                cell = run_cell(args.out, d, m, budget, marks, args.seed)
+                try:
+                    cell = run_cell(args.out, d, m, budget, marks, args.seed)
+                except (ValueError, RuntimeError, FloatingPointError) as exc:  # e.g. a collapse: a result
+                    print(f"    failed: {exc}", flush=True)
+                    failed = args.out / "cells" / f"{d}__{m}.failed.txt"
+                    failed.parent.mkdir(parents=True, exist_ok=True)
+                    failed.write_text(f"{type(exc).__name__}: {exc}\n")
+                    continue
                 print(f"    {cell['steps']} steps; validation {cell['final']['validation']['psnr']:.2f} dB, "
                       f"test {cell['final']['test']['psnr']:.2f} dB", flush=True)
     report(args.out, datasets, methods, meta)

@@ -255,3 +255,19 @@ def test_select_prediction_picks_gamma_and_weights_on_validation(tiny_pair, tiny
     model = iscl.load(tmp_path / "run")
     assert model.config.predict.gamma in trainer_mod.GAMMAS
     assert str(model.info.get("step")) and (tmp_path / "run" / "best").is_dir()
+
+
+def test_a_new_run_removes_an_older_runs_best_model(tiny_pair, tiny_config, tmp_path):
+    import iscl
+
+    clean, noisy = tiny_pair
+    first = trainer_mod.Trainer(tiny_config, clean, noisy, Normalizer(low=0, high=1), progress=False,
+                                run_dir=tmp_path / "run", validation=(clean[:1], noisy[:1]), validate_every=3)
+    first.run()
+    assert (tmp_path / "run" / "best").is_dir()
+    assert iscl.load(tmp_path / "run").info["step"] in (3, 6)  # the best validation step
+    cfg = tiny_config.model_copy(deep=True)
+    cfg.train.steps = 2
+    trainer_mod.Trainer(cfg, clean, noisy, Normalizer(low=0, high=1), progress=False, run_dir=tmp_path / "run").run()
+    assert not (tmp_path / "run" / "best").exists()
+    assert iscl.load(tmp_path / "run").info["step"] == 2  # not the older run's best model
