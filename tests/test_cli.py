@@ -36,12 +36,17 @@ def model_dir(tiny_run) -> Path:
     return tiny_run
 
 
-def test_train_command_writes_run(tmp_path):
+def _write_pools(folder: Path) -> None:
+    """Two 72x72 TIFFs in each of folder/clean and folder/noisy."""
     rng = np.random.default_rng(0)
     for pool in ("clean", "noisy"):
-        (tmp_path / pool).mkdir()
+        (folder / pool).mkdir()
         for i in range(2):
-            tifffile.imwrite(tmp_path / pool / f"{i}.tif", shapes_image(rng, 72))
+            tifffile.imwrite(folder / pool / f"{i}.tif", shapes_image(rng, 72))
+
+
+def test_train_command_writes_run(tmp_path):
+    _write_pools(tmp_path)
     r = invoke("train", "--clean", tmp_path / "clean", "--noisy", tmp_path / "noisy", "--out", tmp_path / "run",
                "--steps", "2", "--batch-size", "2", "--seed", "1", "--quiet")
     assert r.exit_code == 0, r.output
@@ -298,11 +303,7 @@ def test_file_size_limit_during_denoise_and_checkpointing(model_dir, tmp_path):
 
 
 def test_train_time_budget_and_config_file_flags(tmp_path):
-    rng = np.random.default_rng(0)
-    for pool in ("clean", "noisy"):
-        (tmp_path / pool).mkdir()
-        for i in range(2):
-            tifffile.imwrite(tmp_path / pool / f"{i}.tif", shapes_image(rng, 72))
+    _write_pools(tmp_path)
     from iscl.config import preset
 
     cfg = preset("fast")

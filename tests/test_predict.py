@@ -13,6 +13,7 @@ from iscl.data.tiling import plan_tiles
 from iscl.nn import Generator, NoiseExtractor
 from iscl.nn.norm import BatchInstanceNorm, statistics_override
 from iscl.predict import TiledStatistics, _measure_statistics, predict_image
+from synthetic import perturbed_nets_and_image
 
 
 def psnr(a, b, data_range=2.0):
@@ -21,18 +22,7 @@ def psnr(a, b, data_range=2.0):
 
 @pytest.fixture(scope="module")
 def nets_and_image():
-    torch.manual_seed(0)
-    F, H = Generator(width=4, n_res=1).eval(), NoiseExtractor(4, 5).eval()
-    with torch.no_grad():  # non-trivial BIN parameters
-        for m in [*F.modules(), *H.modules()]:
-            if hasattr(m, "rho"):
-                m.rho.uniform_(0, 1)
-                m.gamma.uniform_(0.5, 1.5)
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:150, 0:161] / 150
-    # content that changes across the image, so per-tile statistics would differ from global ones
-    img = np.sin(8 * xx) * np.cos(5 * yy) * 0.5 + 0.2 * rng.normal(size=xx.shape) + 0.3 * (xx > 0.5)
-    return F, H, img.astype(np.float32)
+    return perturbed_nets_and_image(150, 161)  # sides not multiples of 4
 
 
 def test_tiled_equals_whole_image(nets_and_image):

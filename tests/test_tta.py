@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from iscl.nn import Generator, NoiseExtractor
 from iscl.predict import predict_image
+from synthetic import perturbed_nets_and_image
 
 OUTPUTS = ("denoised", "generator", "bypass", "noise")
 TILED = dict(tile=64, overlap=32)
@@ -22,17 +22,7 @@ class _Zeros(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def nets_and_image():
-    torch.manual_seed(0)
-    F, H = Generator(width=4, n_res=1).eval(), NoiseExtractor(4, 5).eval()
-    with torch.no_grad():  # non-trivial BIN parameters
-        for m in [*F.modules(), *H.modules()]:
-            if hasattr(m, "rho"):
-                m.rho.uniform_(0, 1)
-                m.gamma.uniform_(0.5, 1.5)
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:90, 0:101] / 90  # not square, sides not multiples of 4
-    img = np.sin(8 * xx) * np.cos(5 * yy) * 0.5 + 0.2 * rng.normal(size=xx.shape) + 0.3 * (xx > 0.5)
-    return F, H, img.astype(np.float32)
+    return perturbed_nets_and_image(90, 101)  # sides not multiples of 4
 
 
 @pytest.mark.parametrize("kw", [{}, TILED], ids=["whole", "tiled"])
