@@ -34,6 +34,7 @@ from iscl.config import parse_duration, preset  # noqa: E402
 from iscl.evaluate.metrics import psnr, ssim  # noqa: E402
 from iscl.methods.registry import get_method  # noqa: E402
 from iscl.simulate.datasets import load_dataset  # noqa: E402
+from iscl.training.trainer import GAMMAS  # noqa: E402
 
 VALIDATION_SEED = 1001
 N_VALIDATION = 8
@@ -54,10 +55,14 @@ def _batch(method: str) -> int:
     return batch or preset(kwargs.get("config", "fast")).train.batch_size
 
 
-def _score(method, noisy: np.ndarray, clean: np.ndarray, tta: bool = False) -> dict[str, float]:
+def _score(method, noisy: np.ndarray, clean: np.ndarray, tta: bool = False, gamma: float | None = None) -> dict:
+    """Mean PSNR/SSIM on [0, 1] (after clipping); ISCL rows may set test-time augmentation and gamma."""
     p, s = [], []
     for x, y in zip(noisy, clean):
-        est = method.model.denoise(x, tta=True) if tta else method.denoise(x)
+        if tta or gamma is not None:
+            est = method.model.denoise(x, tta=tta, gamma=gamma, weights=method.weights)
+        else:
+            est = method.denoise(x)
         est = np.clip(est, 0.0, 1.0)
         p.append(psnr(y, est, 1.0))
         s.append(ssim(y, est, 1.0))
@@ -84,6 +89,15 @@ def run_cell(out: Path, dataset: str, method: str, budget: float, marks: list[fl
     if family == "iscl":
         final["validation_tta"] = _score(m, val.test_noisy, val.test_clean, tta=True)
         final["test_tta"] = _score(m, ds.test_noisy, ds.test_clean, tta=True)
+        # what select_prediction does for a user with validation pairs: gamma and SWA/raw F chosen on the
+        # validation pairs, then the test split scored once with that choice
+        grid = {(g, w): _score(m.view("denoised", w), val.test_noisy, val.test_clean, gamma=g)["psnr"]
+                for g in GAMMAS for w in ("swa", "raw")}
+        (g, w), best = max(grid.items(), key=lambda kv: kv[1])
+        final["validation_choice"] = {"gamma": g, "weights": w, "psnr": best,
+                                      "grid": {f"{gg}/{ww}": v for (gg, ww), v in grid.items()}}
+        final["test_chosen"] = _score(m.view("denoised", w), ds.test_noisy, ds.test_clean, gamma=g)
+        final["test_chosen_tta"] = _score(m.view("denoised", w), ds.test_noisy, ds.test_clean, tta=True, gamma=g)
     curve = []
     for mark, state in sorted(m.snapshots.items()):
         m.use_snapshot(state)
@@ -160,12 +174,17 @@ def report(out: Path, datasets: list[str], methods: list[str], meta: dict) -> No
     row = ["BM3D"] + [f"{refs[d]['test']['bm3d']:.2f} / {refs[d]['test']['bm3d_ssim']:.3f}" for d in datasets]
     lines.append("| " + " | ".join(row) + " |")
     for m in methods:
-        for key, label in (("test", m), ("test_tta", f"{m} + TTA")):
+        for key, label in (("test", m), ("test_tta", f"{m} + TTA"), ("test_chosen", f"{m}, γ/F chosen on validation"),
+                           ("test_chosen_tta", f"{m}, γ/F chosen on validation + TTA")):
             vals = [cells[(d, m)]["final"].get(key) if (d, m) in cells else None for d in datasets]
             if all(v is None for v in vals):
                 continue
             lines.append(f"| {label} | " + " | ".join(f"{v['psnr']:.2f} / {v['ssim']:.3f}" if v else "–"
                                                       for v in vals) + " |")
+    chosen = [f"{d} {m}: γ {c['final']['validation_choice']['gamma']:g}, {c['final']['validation_choice']['weights']} F"
+              for (d, m), c in cells.items() if "validation_choice" in c["final"]]
+    if chosen:
+        lines += ["", "Chosen on the validation pairs: " + "; ".join(chosen) + "."]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     (out / "results.json").write_text(json.dumps({"meta": meta, "references": refs,
                                                   "cells": {f"{d}__{m}": c for (d, m), c in cells.items()}}, indent=1))
