@@ -66,3 +66,31 @@ def test_truncated_normal_init():
     assert all(torch.count_nonzero(b) == 0 for b in biases)
     bins = [m for m in g.modules() if isinstance(m, BatchInstanceNorm)]
     assert all(torch.all(m.rho == 1) and torch.all(m.gamma == 1) and torch.all(m.beta == 0) for m in bins)
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 64, 64), (1, 1, 37, 50)])
+def test_residual_generator_starts_as_the_identity_and_returns_its_input_with_zero_weights(shape):
+    torch.manual_seed(0)
+    g = Generator(width=4, n_res=1, residual=True)
+    x = torch.rand(shape) * 2 - 1
+    assert torch.equal(g.head.weight, torch.zeros_like(g.head.weight))  # initialised at zero
+    with torch.no_grad():
+        assert torch.allclose(g(x), x, atol=1e-7) and torch.allclose(g(x.clone()), x, atol=1e-7)
+        for p in g.parameters():
+            p.zero_()
+        assert torch.allclose(g(x), x, atol=1e-7)
+    # and it is a correction, not a tanh: a non-zero head moves the output past [-1, 1]
+    with torch.no_grad():
+        g.head.bias.fill_(3.0)
+    assert g(x).min() > 1.0
+
+
+def test_zero_head_extractor_starts_with_no_noise():
+    torch.manual_seed(0)
+    h = NoiseExtractor(width=4, n_layers=4, zero_head=True)
+    x = torch.randn(2, 1, 33, 17)
+    assert torch.count_nonzero(h(x)) == 0
+    # the other layers got the same draws as without the option
+    torch.manual_seed(0)
+    plain = NoiseExtractor(width=4, n_layers=4)
+    assert torch.equal(plain.body[0].weight, h.body[0].weight) and torch.count_nonzero(plain.body[-1].weight) > 0
