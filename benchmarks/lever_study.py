@@ -66,12 +66,15 @@ def bm3d_psnr(family: str, task: str, clean: np.ndarray, noisy: np.ndarray, cach
 def score(trainer: Trainer, clean: np.ndarray, noisy: np.ndarray, gamma: float) -> dict[str, float]:
     """Validation PSNR (on [0, 1]) of the blend (SWA F), F alone, the bypass and the blend with the raw F."""
     m = trainer.model
-    out: dict[str, list[float]] = {"blend": [], "F": [], "bypass": [], "blend_raw": []}
+    out: dict[str, list[float]] = {"blend": [], "F": [], "bypass": [], "blend_raw": [], "gamma0.25": [],
+                                   "gamma0.75": []}
     for c, n in zip(clean, noisy):
         x = 2 * n - 1
         r = predict_image(m.prediction_F("swa"), m.nets.H, x, gamma=gamma, outputs=("denoised", "generator", "bypass"))
         raw = predict_image(m.nets.F, m.nets.H, x, gamma=gamma)["denoised"]
-        for k, v in (("blend", r["denoised"]), ("F", r["generator"]), ("bypass", r["bypass"]), ("blend_raw", raw)):
+        g25, g75 = (np.clip(g * r["generator"] + (1 - g) * r["bypass"], -1, 1) for g in (0.25, 0.75))
+        for k, v in (("blend", r["denoised"]), ("F", r["generator"]), ("bypass", r["bypass"]), ("blend_raw", raw),
+                     ("gamma0.25", g25), ("gamma0.75", g75)):
             out[k].append(psnr(c, np.clip((v + 1) / 2, 0, 1), 1.0))
     return {k: float(np.mean(v)) for k, v in out.items()}
 
@@ -121,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.out, "a") as fh:
         fh.write(json.dumps(result) + "\n")
     print(f"{args.tag:24s} {args.family}/{args.task:9s} final blend {final['blend']:.2f} F {final['F']:.2f} "
-          f"bypass {final['bypass']:.2f} | noisy {noisy:.2f} bm3d {result['bm3d']:.2f} | "
+          f"bypass {final['bypass']:.2f} g.25 {final['gamma0.25']:.2f} g.75 {final['gamma0.75']:.2f} | "
+          f"noisy {noisy:.2f} bm3d {result['bm3d']:.2f} | "
           f"{result['seconds_per_step']:.2f} s/step {stopped or ''}")
     return 0
 
