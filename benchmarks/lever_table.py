@@ -5,7 +5,8 @@ Usage::
     python benchmarks/lever_table.py benchmarks/results/levers/*.jsonl
 
 One row per setting (its tag and overrides), one column per (family, task): the validation PSNR of the
-blend, with F(x) and x - H(x) in brackets; the noisy input and BM3D of each column head the table.
+blend (gamma 0.5), with F(x), x - H(x) and the gamma-0.25 blend (where the study scored it) in
+brackets; the noisy input and BM3D of each column head the table.
 A run that appears twice (same tag, family, task, steps) is shown once (the last).
 """
 
@@ -44,7 +45,8 @@ def main(paths: list[str]) -> int:
                 cells.append(f"stopped ({r['stopped'].split(':')[0]})")
             else:
                 f = r["final"]
-                cells.append(f"**{f['blend']:.2f}** ({f['F']:.2f} / {f['bypass']:.2f})")
+                g25 = f"{f['gamma0.25']:.2f}" if "gamma0.25" in f else "–"
+                cells.append(f"**{f['blend']:.2f}** ({f['F']:.2f} / {f['bypass']:.2f} / {g25})")
         over = ", ".join(s.replace("train.", "").replace("network.", "") for s in settings[(tag, steps)])
         print(f"| {tag} (`{over}`) | {steps} | " + " | ".join(cells) + " |")
     return 0
