@@ -122,7 +122,7 @@ def load_family(family: str, task: str, n_val: int = 8, workers: int = 2) -> Spl
 
 
 if __name__ == "__main__":  # generate (and cache) everything, and print the noisy-input PSNR of each split
-    from iscl.evaluate.metrics import psnr
+    from iscl.metrics import psnr
 
     for fam in FAMILIES:
         for t in TASKS:

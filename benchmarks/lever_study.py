@@ -30,7 +30,7 @@ import torch  # noqa: E402
 from families import FAMILIES, TASKS, load_family  # noqa: E402
 from iscl.config import Config, preset  # noqa: E402
 from iscl.data.normalize import Normalizer  # noqa: E402
-from iscl.evaluate.metrics import psnr  # noqa: E402
+from iscl.metrics import psnr  # noqa: E402
 from iscl.predict import predict_image  # noqa: E402
 from iscl.training.trainer import Trainer  # noqa: E402
 

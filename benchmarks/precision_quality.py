@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 
 import iscl  # noqa: E402
 from iscl.config import preset  # noqa: E402
-from iscl.evaluate.metrics import psnr, ssim  # noqa: E402
+from iscl.metrics import psnr, ssim  # noqa: E402
 from iscl.simulate.datasets import load_dataset  # noqa: E402
 
 

@@ -31,8 +31,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from iscl.config import parse_duration, preset  # noqa: E402
-from iscl.evaluate.metrics import psnr, ssim  # noqa: E402
 from iscl.methods.registry import get_method  # noqa: E402
+from iscl.metrics import psnr, ssim  # noqa: E402
 from iscl.simulate.datasets import load_dataset  # noqa: E402
 from iscl.training.trainer import GAMMAS  # noqa: E402
 

@@ -94,7 +94,7 @@ def figures(out_dir: Path, size: int) -> None:
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    from iscl.evaluate.metrics import psnr
+    from iscl.metrics import psnr
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in DATASETS:

@@ -53,7 +53,7 @@ def _synced(fn, device: str):
 def train_step_seconds(batch: int, repeats: int, device: str = "cpu", precision: str = "fp32",
                        channels_last: bool = False, compile_: bool = False) -> float:
     from iscl.config import preset
-    from iscl.methods.iscl import ISCL
+    from iscl.engine.iscl import ISCL
 
     cfg = preset("paper")
     train = cfg.train.model_copy(update={"precision": precision, "channels_last": channels_last, "compile": compile_})

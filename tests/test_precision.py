@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from iscl.methods.iscl import ISCL
+from iscl.engine.iscl import ISCL
 from iscl.nn import BatchInstanceNorm, Generator, NoiseExtractor
 from iscl.precision import autocast, check_precision, grad_scaler
 from iscl.predict import predict_image

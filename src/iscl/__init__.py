@@ -6,13 +6,9 @@ that ``import iscl`` stays fast.
 
 from __future__ import annotations
 
-from importlib import metadata as _metadata
 from typing import TYPE_CHECKING, Any
 
-try:
-    __version__ = _metadata.version("iscl")
-except _metadata.PackageNotFoundError:  # running from a source tree without install
-    __version__ = "0.0.0"
+from iscl._version import __version__
 
 __all__ = ["Config", "load", "train", "denoise", "__version__"]
 

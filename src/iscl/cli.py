@@ -26,8 +26,8 @@ def _fail(message: str, code: int = 1) -> None:
 
 def _run(fn: Callable[[], Any]) -> Any:
     """Run a command body; turn expected failures into one-line errors."""
+    from iscl.engine.iscl import NonFiniteLossError
     from iscl.errors import IsclError
-    from iscl.methods.iscl import NonFiniteLossError
     from iscl.training.checkpoint import CheckpointError
 
     try:
@@ -135,7 +135,7 @@ def train(
             if high is not None:
                 norm["high"] = high
             config.normalization = type(config.normalization).model_validate(norm)
-        from iscl.training import distributed
+        from iscl.engine import distributed
 
         dist_info, dev = distributed.init_from_env(device)  # torchrun: one process per GPU (or CPU rank)
         try:

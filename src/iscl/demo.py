@@ -60,8 +60,8 @@ def run_demo(out: str | os.PathLike = "demo-output", *, steps: int | None = None
     from iscl.api import load
     from iscl.config import preset
     from iscl.data.io import find_images, read_image
-    from iscl.evaluate.metrics import psnr, ssim
     from iscl.jobs import denoise_files, train_files
+    from iscl.metrics import psnr, ssim
     from iscl.simulate.datasets import write_dataset
 
     out = Path(out)

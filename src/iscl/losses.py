@@ -2,7 +2,7 @@
 
 Every function returns a scalar tensor: a mean over *all* elements of its inputs (``tf.reduce_mean``
 in the official code). Images are (N, 1, H, W) on [-1, 1]; discriminator outputs are (N, 1, h, w)
-logits. Weights such as λ live in the configuration; :mod:`iscl.methods.iscl` sums the terms.
+logits. Weights such as λ live in the configuration; :mod:`iscl.engine.iscl` sums the terms.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from iscl.data.tiling import Tile, blend_weights, plan_tiles, read_window
-from iscl.methods.iscl import blend
+from iscl.engine.iscl import blend
 from iscl.nn.norm import BatchInstanceNorm, statistics_override
 from iscl.precision import autocast, check_precision
 

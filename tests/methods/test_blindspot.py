@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from iscl.evaluate.metrics import psnr
 from iscl.methods import registry
 from iscl.methods.blindspot import N2V_MASK_FRACTION, BlindSpot, blind_spot_mask, masked_mse
+from iscl.metrics import psnr
 from iscl.nn.unet import UNet
 from synthetic import shapes_image
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from iscl.methods.iscl import ISCLNetworks
+from iscl.engine.iscl import ISCLNetworks
 from iscl.nn import BatchInstanceNorm, Generator, NoiseExtractor, PatchDiscriminator
 
 

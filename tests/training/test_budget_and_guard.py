@@ -241,7 +241,7 @@ def test_select_prediction_picks_gamma_and_weights_on_validation(tiny_pair, tiny
     choice = t.prediction_choice
     assert choice["gamma"] in trainer_mod.GAMMAS and choice["weights"] in ("swa", "raw")
     # the choice is the best of the grid: recompute every candidate by hand
-    from iscl.evaluate.metrics import psnr
+    from iscl.metrics import psnr
     from iscl.predict import predict_image
 
     def score(g, F_net):

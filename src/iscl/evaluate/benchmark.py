@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from iscl.evaluate.metrics import psnr, ssim
 from iscl.methods import registry
+from iscl.metrics import psnr, ssim
 
 __all__ = ["run_benchmark", "training_pairs", "BENCHMARK_FORMAT", "cell_path", "load_results"]
 
@@ -168,7 +168,7 @@ def _jsonable(obj: Any) -> Any:
 def _metadata() -> dict[str, Any]:
     import torch
 
-    import iscl
+    from iscl._version import __version__
 
     root = Path(__file__).resolve().parents[3]
     try:
@@ -176,7 +176,7 @@ def _metadata() -> dict[str, Any]:
                                 text=True, check=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = "unknown"
-    return {"iscl": iscl.__version__, "commit": commit, "torch": torch.__version__, "numpy": np.__version__,
+    return {"iscl": __version__, "commit": commit, "torch": torch.__version__, "numpy": np.__version__,
             "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "cpu_count": os.cpu_count(), "machine": platform.machine(),
             "python": platform.python_version(),

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from iscl.evaluate.metrics import psnr, ssim
+from iscl.metrics import psnr, ssim
 
 __all__ = ["Fold", "official_permutation", "kfold_splits", "run_crossval", "evaluate_model", "read_paired",
            "default_data_range", "PAPER_SEED"]

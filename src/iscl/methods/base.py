@@ -342,9 +342,9 @@ class SingleGeneratorMethod(MethodBase):
              device: str, progress: bool) -> None:
         from tqdm.auto import tqdm
 
+        from iscl.engine.optim import make_radam, make_scheduler, make_swa, swa_should_update
         from iscl.nn import clamp_rho_
         from iscl.nn.build import make_generator
-        from iscl.training.optim import make_radam, make_scheduler, make_swa, swa_should_update
 
         cfg = resolve_config(self.config, self.network_overrides, steps=steps, batch_size=batch_size, seed=seed)
         self.resolved = cfg

@@ -21,11 +21,11 @@ from tqdm.auto import tqdm
 from iscl import losses
 from iscl.config import Config
 from iscl.data.patches import PatchSampler
+from iscl.engine.iscl import frozen
+from iscl.engine.optim import Lookahead, make_radam, make_scheduler, make_swa, swa_should_update
 from iscl.methods.base import MethodBase, config_summary, init_weights_, predict_image, resolve_config, to_network
-from iscl.methods.iscl import frozen
 from iscl.nn import clamp_rho_
 from iscl.nn.build import make_discriminator, make_generator
-from iscl.training.optim import Lookahead, make_radam, make_scheduler, make_swa, swa_should_update
 
 __all__ = ["CycleGAN"]
 

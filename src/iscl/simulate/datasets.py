@@ -102,8 +102,8 @@ class SimulatedDataset:
     cache_path: str | None = None
 
     def test_metrics(self) -> dict:
-        """Noisy-input PSNR/SSIM of the test split on [0, 1] (see :func:`iscl.evaluate.metrics.mean_metrics`)."""
-        from iscl.evaluate.metrics import mean_metrics
+        """Noisy-input PSNR/SSIM of the test split on [0, 1] (see :func:`iscl.metrics.mean_metrics`)."""
+        from iscl.metrics import mean_metrics
 
         return mean_metrics(self.test_clean, self.test_noisy, data_range=1.0)
 

@@ -24,7 +24,7 @@ import torch
 from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
-from iscl import __version__
+from iscl._version import __version__
 from iscl.config import FORMAT_VERSION, Config
 from iscl.data.normalize import Normalizer
 

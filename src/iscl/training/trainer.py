@@ -19,10 +19,10 @@ from tqdm.auto import tqdm
 from iscl.config import Config
 from iscl.data.normalize import Normalizer
 from iscl.data.patches import PatchSampler
+from iscl.engine import distributed
+from iscl.engine.iscl import ISCL
 from iscl.errors import IsclError
-from iscl.methods.iscl import ISCL
 from iscl.training import checkpoint as ckpt
-from iscl.training import distributed
 
 __all__ = ["Trainer", "CollapseError", "LOG_FILE", "CHECKPOINT_DIR", "BEST_DIR"]
 
@@ -234,7 +234,7 @@ class Trainer:
         scored; the best pair is kept in :attr:`prediction_choice` and its PSNR returned. Otherwise the
         configured gamma with the SWA F (the default prediction).
         """
-        from iscl.evaluate.metrics import psnr
+        from iscl.metrics import psnr
         from iscl.predict import predict_image
 
         clean, noisy = self.validation  # type: ignore[misc]
@@ -384,7 +384,7 @@ class Trainer:
     def run(self, stop_at: int | None = None) -> ISCL:
         """Train until step ``T`` (or ``stop_at`` < T, e.g. to split a run), then save a checkpoint.
 
-        Raises :class:`~iscl.methods.iscl.NonFiniteLossError` (naming the step and the loss term)
+        Raises :class:`~iscl.engine.iscl.NonFiniteLossError` (naming the step and the loss term)
         on NaN/Inf, and :class:`CollapseError` when the collapse guard gives up; the last periodic
         checkpoint is kept untouched in the first case, the last good state is saved in the second.
         """

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from iscl.methods.iscl import ISCL, NonFiniteLossError, blend
+from iscl.engine.iscl import ISCL, NonFiniteLossError, blend
 from iscl.nn import BatchInstanceNorm
 
 NETS = ("F", "G", "H", "D_X", "D_Y")
@@ -90,7 +90,7 @@ def test_non_finite_loss_names_step_and_term(model_and_batch):
 
 
 def test_blend_prediction_formula(model_and_batch):
-    # the production path: predict_image (whole and tiled) blends through methods.iscl.blend
+    # the production path: predict_image (whole and tiled) blends through engine.iscl.blend
     from iscl.predict import predict_image
 
     m, x, _ = model_and_batch

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from iscl.methods.iscl import ISCL
-from iscl.training.optim import Lookahead, make_radam, make_scheduler, swa_should_update
+from iscl.engine.iscl import ISCL
+from iscl.engine.optim import Lookahead, make_radam, make_scheduler, swa_should_update
 
 
 def test_linear_decay_matches_tfa_rule():

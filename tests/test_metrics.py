@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from iscl.evaluate.metrics import mean_metrics, psnr, ssim
+from iscl.metrics import mean_metrics, psnr, ssim
 
 
 def test_psnr_constant_error_matches_formula():

@@ -32,7 +32,7 @@ def _worker(rank: int, world: int, port: int, tmp: str) -> None:
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
     import iscl
-    from iscl.training import distributed
+    from iscl.engine import distributed
 
     info, device = distributed.init_from_env("cpu")
     assert info.world_size == world and info.rank == rank and device == "cpu"

@@ -13,12 +13,8 @@ from torch import nn
 
 from iscl import losses
 from iscl.config import NetworkConfig, TrainConfig
-from iscl.nn import clamp_rho_
-from iscl.nn.build import make_discriminator, make_extractor, make_generator
-from iscl.nn.layers import truncated_normal_init_
-from iscl.precision import autocast, check_precision, grad_scaler
-from iscl.training.distributed import all_true
-from iscl.training.optim import (
+from iscl.engine.distributed import all_true
+from iscl.engine.optim import (
     Lookahead,
     make_radam,
     make_scheduler,
@@ -26,6 +22,10 @@ from iscl.training.optim import (
     set_total_steps,
     swa_should_update,
 )
+from iscl.nn import clamp_rho_
+from iscl.nn.build import make_discriminator, make_extractor, make_generator
+from iscl.nn.layers import truncated_normal_init_
+from iscl.precision import autocast, check_precision, grad_scaler
 
 __all__ = ["ISCLNetworks", "ISCL", "NonFiniteLossError", "blend"]
 
@@ -159,7 +159,7 @@ class ISCL:
     device : where the networks live.
     generator : seeded ``torch.Generator`` for the weight initialisation.
     distributed : wrap each sub-step's objective in ``DistributedDataParallel`` (needs an initialised
-        process group, see :mod:`iscl.training.distributed`).
+        process group, see :mod:`iscl.engine.distributed`).
 
     ``train.precision`` runs every forward pass under autocast (weights, optimizer state, BIN
     statistics and losses stay fp32; fp16 adds a ``GradScaler``). ``train.channels_last`` stores the
