@@ -16,7 +16,7 @@ SRC = Path(iscl.__file__).parent
 
 # lowest first; a unit may import the units of earlier rows only
 LAYERS = [
-    ("_version", "errors", "metrics"),  # leaves: no iscl imports
+    ("_version", "errors", "metrics", "atomic"),  # leaves: no iscl imports
     ("data",),  # files, normalization, patches, tiling
     ("config",),  # typed configuration (its normalization section comes from data)
     ("nn", "losses", "precision", "runtime"),  # networks, loss functions, mixed precision, allocator

@@ -16,7 +16,9 @@ import pytest
 import tifffile
 from PIL import Image
 
+from iscl import atomic
 from iscl.data import io as iio
+from iscl.data.formats import tiff as tiff_format
 from iscl.data.io import (
     SUPPORTED_SUFFIXES,
     ImageInfo,
@@ -89,7 +91,7 @@ def test_bigtiff_when_like_was_bigtiff_and_above_threshold(tmp_path, monkeypatch
     np.testing.assert_array_equal(read_image(tmp_path / "out.tif")[0], arr)
     # The size rule (> 2 GiB), exercised with a lowered threshold so the test stays small.
     write_image(tmp_path / "small.tif", arr)
-    monkeypatch.setattr(iio, "BIGTIFF_THRESHOLD", arr.nbytes - 1)
+    monkeypatch.setattr(tiff_format, "BIGTIFF_THRESHOLD", arr.nbytes - 1)
     write_image(tmp_path / "large.tif", arr)
     with tifffile.TiffFile(tmp_path / "small.tif") as a, tifffile.TiffFile(tmp_path / "large.tif") as b:
         assert not a.is_bigtiff and b.is_bigtiff
@@ -293,7 +295,7 @@ def test_open_slices_page_by_page_for_compressed_tiff(tmp_path):
     arr = _random((4, 12, 10), np.float32)
     tifffile.imwrite(tmp_path / "c.tif", arr, photometric="minisblack", compression="zlib")
     with open_slices(tmp_path / "c.tif") as s:
-        assert not s.is_memmap and s._tiff is not None
+        assert not s.is_memmap and s._reader is not None  # TIFF pages decoded on demand
         for i in (2, 0, 3, 1):
             np.testing.assert_array_equal(s[i], arr[i])
 
@@ -551,8 +553,8 @@ class _DiskFullFile:
 
 @pytest.mark.parametrize("suffix", [".tif", ".png", ".npy"])
 def test_disk_full_leaves_no_file(tmp_path, monkeypatch, suffix):
-    real_open = iio._open_temp
-    monkeypatch.setattr(iio, "_open_temp", lambda tmp: _DiskFullFile(real_open(tmp), budget=300))
+    real_open = atomic._open_temp
+    monkeypatch.setattr(atomic, "_open_temp", lambda tmp: _DiskFullFile(real_open(tmp), budget=300))
     target = tmp_path / f"out{suffix}"
     with pytest.raises(ImageWriteError) as exc_info:
         write_image(target, _random((64, 64), np.uint16))
