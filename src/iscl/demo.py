@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from iscl import atomic
 from iscl.errors import IsclError
 
 __all__ = ["run_demo", "DEMO_DATA"]
@@ -45,10 +46,11 @@ def _figure(noisy: list[np.ndarray], denoised: list[np.ndarray], clean: list[np.
             axes[r, c].set_title(title, fontsize=9)
             axes[r, c].axis("off")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic.atomic_file(path) as f:
+            fig.savefig(f, format="png", dpi=100)
+    finally:
+        plt.close(fig)
 
 
 def run_demo(out: str | os.PathLike = "demo-output", *, steps: int | None = None, seed: int = 0,

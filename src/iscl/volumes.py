@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from iscl import atomic
+from iscl.data.formats import zarr as zarr_format
 from iscl.errors import ImageReadError, ImageWriteError
 
 __all__ = ["is_zarr", "open_volume", "plan_blocks", "denoise_zarr", "VolumeReport", "DEFAULT_MEMORY_BUDGET",
@@ -57,36 +58,23 @@ def parse_bytes(text: str | int) -> int:
 
 def is_zarr(path: str | os.PathLike) -> bool:
     """True for a Zarr v2/v3 array or group directory (``*.zarr``, or one holding Zarr metadata)."""
-    p = Path(path)
-    return p.is_dir() and (p.suffix == ".zarr" or any((p / n).exists() for n in (".zarray", "zarr.json", ".zgroup")))
+    return zarr_format.is_zarr(path)
 
 
 def _zarr():
-    try:
-        import zarr
-    except ImportError:
-        raise ImportError("Zarr volumes need the zarr package: pip install 'iscl[zarr]'") from None
-    return zarr
+    return zarr_format.zarr_module()
 
 
 def open_volume(path: str | os.PathLike) -> Any:
-    """Open a Zarr array read-only: (Z, H, W) or (H, W), real dtype. Raises ``ImageReadError``."""
-    zarr = _zarr()
-    p = Path(path)
-    try:
-        node = zarr.open(str(p), mode="r")
-    except Exception as exc:  # zarr raises several types for a missing/corrupt store
-        raise ImageReadError(p, f"cannot open as Zarr ({type(exc).__name__}: {exc})") from None
-    if not hasattr(node, "shape"):  # a group: name the arrays so the user can pick one
-        names = sorted(k for k, v in node.arrays())
-        hint = f"; denoise one of its arrays, e.g. {p / names[0]}" if names else " with no arrays"
-        raise ImageReadError(p, f"is a Zarr group, not an array{hint}")
-    if node.ndim not in (2, 3):
-        raise ImageReadError(p, f"Zarr array of shape {node.shape}: expected (H, W) or (Z, H, W)")
-    if np.dtype(node.dtype).kind not in "uif":
-        raise ImageReadError(p, f"Zarr array of dtype {node.dtype}: expected integer or floating-point pixels")
+    """Open a Zarr array read-only: (Z, H, W) or (H, W), real dtype. Raises ``ImageReadError``.
+
+    Opening and checking the array is the Zarr format's job (:mod:`iscl.data.formats.zarr`); on top,
+    slices must be large enough for the networks.
+    """
+    node = zarr_format.open_array(path)
     if min(node.shape[-2:]) < 4:
-        raise ImageReadError(p, f"slices of {node.shape[-2]}x{node.shape[-1]} pixels are too small (at least 4x4)")
+        raise ImageReadError(Path(path), f"slices of {node.shape[-2]}x{node.shape[-1]} pixels are too small "
+                                         "(at least 4x4)")
     return node
 
 
@@ -193,7 +181,7 @@ def denoise_zarr(model: Any, src: str | os.PathLike, dst: str | os.PathLike, *, 
     blocks = plan_blocks(vol_shape, z_chunk, bytes_per_slice, memory_budget)
     options = dict(output=output, tile=tile, overlap=overlap, stats_tiles=stats_tiles, precision=precision)
 
-    tmp = dst_p.parent / f".{dst_p.name}.partial-{uuid.uuid4().hex[:8]}"
+    tmp = atomic.temp_path(dst_p, "partial")
     try:
         dst_p.parent.mkdir(parents=True, exist_ok=True)
         kwargs: dict[str, Any] = {}
@@ -268,12 +256,8 @@ def _portable(model: Any) -> Any:
 
 def _publish(tmp: Path, dst: Path, overwrite: bool) -> None:
     """Rename the finished store into place (replacing ``dst`` only with ``overwrite``)."""
-    if dst.exists():
-        if not overwrite:
-            raise ImageWriteError(dst, "appeared while denoising; pass --overwrite to replace it")
-        old = dst.parent / f".{dst.name}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(dst, old)
-        os.rename(tmp, dst)
-        shutil.rmtree(old, ignore_errors=True)
-        return
-    os.rename(tmp, dst)
+    try:
+        # Zarr does not fsync its chunks and a volume has many: fsync'ing each would dominate the run.
+        atomic.publish_dir(tmp, dst, overwrite=overwrite, fsync_files=False)
+    except atomic.AlreadyExistsError:  # another run published the same store first
+        raise ImageWriteError(dst, "appeared while denoising; pass --overwrite to replace it") from None

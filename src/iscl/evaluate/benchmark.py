@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from iscl import atomic
 from iscl.methods import registry
 from iscl.metrics import psnr, ssim
 
@@ -108,9 +109,8 @@ def _pairs_cached(out: Path, name: str, n: int, size: int, seed: int, strength: 
     t0 = time.perf_counter()
     noisy, clean = training_pairs(name, n, size, seed, strength, code)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, noisy=noisy, clean=clean)
-    os.replace(tmp, path)
+    with atomic.atomic_file(path) as f:
+        np.savez(f, noisy=noisy, clean=clean)
     log(f"[{name}] simulated {n} training pairs for the supervised bound in {time.perf_counter() - t0:.0f} s")
     return list(noisy), list(clean)
 
@@ -126,10 +126,8 @@ def cell_path(out_dir: str | os.PathLike, dataset: str, method: str) -> Path:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=False) + "\n")
-    os.replace(tmp, path)  # a crash never leaves a half cell that looks finished
+    # atomic: a crash never leaves a half cell that looks finished
+    atomic.write_text(path, json.dumps(obj, indent=1, sort_keys=False) + "\n")
 
 
 def _score(method: Any, test_noisy: np.ndarray, test_clean: np.ndarray, figure_index: int) -> dict[str, Any]:

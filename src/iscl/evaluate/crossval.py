@@ -24,6 +24,7 @@ Example
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import time
@@ -34,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from iscl import atomic
 from iscl.metrics import psnr, ssim
 
 __all__ = ["Fold", "official_permutation", "kfold_splits", "run_crossval", "evaluate_model", "read_paired",
@@ -240,21 +242,19 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, float]:
 
 def _write_report(out: Path, report: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, str]:
     """report.json (everything) and report.csv (one line per image, per fold, and the overall mean)."""
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    os.replace(tmp, out / "report.json")
+    atomic.write_text(out / "report.json", json.dumps(report, indent=1) + "\n")
     fields = ["level", "fold", "index", "name", "psnr", "ssim", "noisy_psnr", "noisy_ssim"]
-    with open(out / "report.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({"level": "image", **r})
-        for f in report.get("folds", []):
-            w.writerow({"level": "fold", "fold": f["fold"], "psnr": f["psnr_mean"], "ssim": f["ssim_mean"],
-                        "noisy_psnr": f["noisy_psnr_mean"], "noisy_ssim": f["noisy_ssim_mean"]})
-        w.writerow({"level": "mean", "psnr": report["psnr"], "ssim": report["ssim"],
-                    "noisy_psnr": report["noisy_psnr"], "noisy_ssim": report["noisy_ssim"]})
+    fh = io.StringIO(newline="")  # small: built in memory, then published atomically like report.json
+    w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({"level": "image", **r})
+    for f in report.get("folds", []):
+        w.writerow({"level": "fold", "fold": f["fold"], "psnr": f["psnr_mean"], "ssim": f["ssim_mean"],
+                    "noisy_psnr": f["noisy_psnr_mean"], "noisy_ssim": f["noisy_ssim_mean"]})
+    w.writerow({"level": "mean", "psnr": report["psnr"], "ssim": report["ssim"],
+                "noisy_psnr": report["noisy_psnr"], "noisy_ssim": report["noisy_ssim"]})
+    atomic.write_text(out / "report.csv", fh.getvalue())
     return {"report_json": str(out / "report.json"), "report_csv": str(out / "report.csv")}
 
 
@@ -331,9 +331,7 @@ def run_crossval(clean_images: Any, noisy_images: Any, *, k: int = 4, config: An
                 for i in fold.test:
                     np.save(fdir / f"pred_{int(i)}.npy", predict(noisy[i]).astype(np.float32))
             fr = {**fold.as_dict(), **_summary(rows), "train_seconds": train_s, "images": rows}
-            tmp = fdir / "result.json.tmp"
-            tmp.write_text(json.dumps(fr, indent=1) + "\n")
-            os.replace(tmp, result_path)
+            atomic.write_text(result_path, json.dumps(fr, indent=1) + "\n")
             say(f"fold {fold.index + 1}/{k}: PSNR {fr['psnr_mean']:.3f} (noisy {fr['noisy_psnr_mean']:.3f}), "
                 f"SSIM {fr['ssim_mean']:.4f}")
         fold_reports.append(fr)

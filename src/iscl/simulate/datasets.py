@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from iscl import atomic
 from iscl.simulate.ct import (
     CTPhantomConfig,
     CTScanConfig,
@@ -317,17 +318,11 @@ def _read_cache(path: Path | None, params: dict) -> dict[str, np.ndarray] | None
 def _write_cache(path: Path | None, params: dict, arrays: dict[str, np.ndarray]) -> None:
     if path is None:
         return
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.stem, suffix=".tmp", dir=path.parent)
-    except OSError:
-        return  # a read-only cache location must not stop the user from getting the data
-    try:
-        with os.fdopen(fd, "wb") as f:
+    try:  # atomic: readers never see a half-written file
+        with atomic.atomic_file(path) as f:
             np.savez(f, params_json=np.array(json.dumps(params, sort_keys=True)), **arrays)
-        os.replace(tmp, path)  # atomic: readers never see a half-written file
     except OSError:
-        Path(tmp).unlink(missing_ok=True)
+        return  # a read-only or full cache location must not stop the user from getting the data
 
 
 # --------------------------------------------------------------------------------------------------
@@ -515,13 +510,7 @@ def write_dataset(
         (tmp / "dataset.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
         # Swap the finished directory in; an existing one is moved aside first (rename cannot replace
         # a non-empty directory) and deleted only after the new one is in place.
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}-{time.time_ns()}"
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        atomic.publish_dir(tmp, out, overwrite=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ import torch
 from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
+from iscl import atomic
 from iscl._version import __version__
 from iscl.config import FORMAT_VERSION, Config
 from iscl.data.normalize import Normalizer
@@ -42,34 +41,6 @@ class CheckpointError(ValueError):
 
 class CheckpointWriteError(OSError):
     """A checkpoint could not be written (disk full, file size limit, ...); nothing half-written remains."""
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
-
-
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Move the finished ``tmp`` directory to ``final``, replacing an older one.
-
-    Two renames: ``final → .old``, ``tmp → final``. A crash between them leaves only the ``.old`` copy,
-    which :func:`resolve_checkpoint` puts back.
-    """
-    if final.exists():
-        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-    try:  # make the renames durable
-        fd = os.open(final.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
 
 
 def prediction_weights(F_swa: torch.nn.Module, F_raw: torch.nn.Module, H: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -93,35 +64,32 @@ def save_checkpoint(path: str | os.PathLike, *, config: Config, normalizer: Norm
     train_state : resumable state for ``train_state.pt``; ``None`` for a prediction-only checkpoint.
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
     try:
-        doc = {
-            "format_version": FORMAT_VERSION,
-            "iscl_version": __version__,
-            "config": config.model_dump(mode="json"),
-            "normalizer": normalizer.model_dump(mode="json"),
-            "info": info,
-        }
-        (tmp / CONFIG_FILE).write_text(json.dumps(doc, indent=2) + "\n")
-        tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in weights.items()}
-        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format_version": str(FORMAT_VERSION)})
-        if train_state is not None:
-            torch.save(train_state, tmp / STATE_FILE)
-        for f in tmp.iterdir():
-            _fsync_file(f)
-        _replace_dir(tmp, final)
+        with atomic.atomic_dir(final, overwrite=True) as tmp:  # files fsync'ed, old copy replaced via .old
+            _write_checkpoint_files(tmp, config, normalizer, weights, info, train_state)
     except Exception as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
         # safetensors and torch report disk errors with their own exception types: one clear OSError
         reason = " ".join(str(exc).split()) or type(exc).__name__
         kept = "the previous checkpoint is kept" if final.exists() else "no checkpoint was written"
         raise CheckpointWriteError(f"{final}: could not write the checkpoint ({reason}); {kept}") from exc
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
+
+
+def _write_checkpoint_files(tmp: Path, config: Config, normalizer: Normalizer, weights: dict[str, torch.Tensor],
+                            info: dict[str, Any], train_state: dict[str, Any] | None) -> None:
+    """The checkpoint files, written into the (not yet published) directory ``tmp``."""
+    doc = {
+        "format_version": FORMAT_VERSION,
+        "iscl_version": __version__,
+        "config": config.model_dump(mode="json"),
+        "normalizer": normalizer.model_dump(mode="json"),
+        "info": info,
+    }
+    (tmp / CONFIG_FILE).write_text(json.dumps(doc, indent=2) + "\n")
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in weights.items()}
+    save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format_version": str(FORMAT_VERSION)})
+    if train_state is not None:
+        torch.save(train_state, tmp / STATE_FILE)
 
 
 def resolve_checkpoint(path: str | os.PathLike, prefer_best: bool = False) -> Path:
@@ -129,14 +97,11 @@ def resolve_checkpoint(path: str | os.PathLike, prefer_best: bool = False) -> Pa
 
     With ``prefer_best``, a run dir's ``best/`` (the best-validation model, kept when training had
     validation pairs) comes before its ``checkpoint/`` (the last step). Restores a checkpoint left as
-    ``.NAME.old-*`` by a crash in the middle of :func:`_replace_dir`.
+    ``.NAME.old-*`` by a crash in the middle of :func:`iscl.atomic.publish_dir`.
     """
     p = Path(path)
     for candidate in (p, *([p / "best"] if prefer_best else []), p / "checkpoint"):
-        if not candidate.exists() and candidate.parent.is_dir():
-            olds = sorted(candidate.parent.glob(f".{candidate.name}.old-*"))
-            if olds:
-                os.replace(olds[-1], candidate)
+        atomic.recover_dir(candidate)
         if (candidate / CONFIG_FILE).is_file():
             return candidate
     if not p.exists():

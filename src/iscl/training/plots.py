@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from iscl import atomic
+
 __all__ = ["plot_losses"]
 
 _PANELS = (
@@ -53,8 +55,9 @@ def plot_losses(log_path: str | os.PathLike, png_path: str | os.PathLike) -> Pat
         axes[-1].set_xlabel("step")
     fig.tight_layout()
     out = Path(png_path)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, out)
+    try:
+        with atomic.atomic_file(out) as f:
+            fig.savefig(f, format="png", dpi=90)
+    finally:
+        plt.close(fig)
     return out

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from iscl import atomic
 from iscl.config import Config
 from iscl.data.normalize import Normalizer
 from iscl.data.patches import PatchSampler
@@ -174,7 +175,7 @@ class Trainer:
         if not log.exists():
             return
         kept = [ln for ln in log.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-        log.write_text("".join(ln + "\n" for ln in kept))
+        atomic.write_text(log, "".join(ln + "\n" for ln in kept))  # a crash here must not lose the log
 
     def _session_seconds(self) -> float:
         return 0.0 if self._session_start is None else self.clock() - self._session_start
