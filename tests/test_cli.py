@@ -327,3 +327,32 @@ def test_train_time_budget_and_config_file_flags(tmp_path):
     r = invoke("train", "--clean", tmp_path / "clean", "--noisy", tmp_path / "noisy", "--out", tmp_path / "r3",
                "--time-budget", "1m", "--steps", "5", "--quiet")
     assert r.exit_code == 1 and "not both" in error_line(r)
+
+
+def test_two_denoise_processes_writing_one_output(model_dir, tmp_path):
+    """Two real `iscl denoise` processes started together on the same --out: one wins, the other refuses
+    with a one-line error and a non-zero exit, and the output is one complete, valid result."""
+    import os
+    import subprocess
+    import sys
+
+    src = tmp_path / "a.npy"
+    np.save(src, np.random.default_rng(0).random((24, 24)).astype(np.float32))
+    out = tmp_path / "same.npy"
+    cmd = [sys.executable, "-m", "iscl", "denoise", str(model_dir), str(src), "--out", str(out), "--quiet"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    for p in procs:
+        p.stdout.close()
+        p.stderr.close()
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 1], results
+    err = next(text for code, text in results if code == 1).strip()
+    assert err == f"iscl: error: {out}: exists; pass --overwrite to replace it", err
+    expected = iscl.load(model_dir).predict(np.load(src))["denoised"]
+    result = np.load(out)  # a complete .npy (np.load would fail on a truncated one)
+    assert result.shape == (24, 24) and result.dtype == np.float32
+    np.testing.assert_allclose(result, expected, rtol=1e-4, atol=1e-5)  # thread counts differ: not bitwise
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy", "same.npy"]  # no temporary file left
