@@ -767,3 +767,29 @@ def test_errors_are_one_line_and_picklable():
 def test_image_info_repr_is_short(ct_dicom):
     info = probe(ct_dicom)
     assert isinstance(info, ImageInfo) and "dataset" not in repr(info)
+
+
+def test_zarr_array_through_the_facade(tmp_path):
+    zarr = pytest.importorskip("zarr")
+    arr = _random((3, 8, 6), np.uint16)
+    z = zarr.open_array(str(tmp_path / "v.zarr"), mode="w", shape=arr.shape, chunks=(1, 8, 6), dtype=arr.dtype)
+    z[:] = arr
+    info = probe(tmp_path / "v.zarr")
+    assert info.format == "zarr" and info.shape == (3, 8, 6) and info.dtype == np.uint16 and info.n_slices == 3
+    np.testing.assert_array_equal(read_image(tmp_path / "v.zarr")[0], arr)
+    with open_slices(tmp_path / "v.zarr") as s:
+        np.testing.assert_array_equal(s[-1], arr[2])
+    with pytest.raises(ImageWriteError, match="cannot write Zarr"):
+        write_image(tmp_path / "o.zarr", arr)
+
+
+def test_every_format_is_registered_once_and_sniffed():
+    from iscl.data import formats
+
+    names = [f.name for f in formats.all_formats()]
+    assert names == ["tiff", "png", "npy", "dicom", "zarr"]
+    assert formats.by_suffix(".TIFF").name == "tiff" and formats.by_suffix(".jpg") is None
+    assert formats.sniff(b"\x89PNG\r\n\x1a\n" + bytes(124)).name == "png"
+    assert formats.sniff(b"II*\x00" + bytes(124) + b"DICM").name == "dicom"  # the DICM marker decides
+    with pytest.raises(ValueError, match="already belongs to 'tiff'"):
+        formats.register(formats.Format(name="other", title="Other", suffixes=(".tif",), probe=None, read=None))

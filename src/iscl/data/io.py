@@ -79,6 +79,9 @@ PathLike = str | os.PathLike
 #: ``DICM`` marker at byte 128 whatever their name, since scanners often export files without suffix.
 SUPPORTED_SUFFIXES: tuple[str, ...] = formats.file_suffixes()
 
+#: Formats recognised by content whatever the name, for messages ("DICOM").
+_BY_CONTENT = " / ".join(f.title for f in formats.all_formats() if f.trust_content)
+
 
 # --------------------------------------------------------------------------------------------------
 # Format detection
@@ -120,7 +123,7 @@ def _detect_format(path: Path) -> tuple[Format, int]:
         shown = f"'{path.suffix}'" if path.suffix else "(no suffix)"
         raise ImageReadError(
             path,
-            f"unsupported file type {shown}; supported: {', '.join(SUPPORTED_SUFFIXES)} and DICOM files",
+            f"unsupported file type {shown}; supported: {', '.join(SUPPORTED_SUFFIXES)} and {_BY_CONTENT} files",
         )
     if expected.trust_suffix:
         # e.g. DICOM without the 128-byte preamble (old ACR-NEMA style) is still parseable by pydicom
@@ -296,15 +299,14 @@ def find_images(inputs: Iterable[PathLike] | PathLike) -> list[Path]:
             images = sorted((e for e in entries if is_supported(e)), key=lambda e: _natural_key(e.name))
             if not images:
                 raise ImageReadError(
-                    p, f"directory contains no supported images ({', '.join(SUPPORTED_SUFFIXES)} or DICOM)"
+                    p, f"directory contains no supported images ({', '.join(SUPPORTED_SUFFIXES)} or {_BY_CONTENT})"
                 )
             for e in images:
                 add(e)
         elif p.exists():
             if not is_supported(p):
-                raise ImageReadError(
-                    p, f"unsupported file type '{p.suffix}'; supported: {', '.join(SUPPORTED_SUFFIXES)} and DICOM"
-                )
+                supported = f"{', '.join(SUPPORTED_SUFFIXES)} and {_BY_CONTENT}"
+                raise ImageReadError(p, f"unsupported file type '{p.suffix}'; supported: {supported}")
             add(p)
         elif _GLOB_CHARS.search(text):
             matches = [Path(m) for m in glob.glob(text, recursive=True)]

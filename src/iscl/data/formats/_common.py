@@ -34,8 +34,9 @@ class ImageInfo:
     ----------
     path : pathlib.Path
         The file, as given by the caller.
-    format : {'tiff', 'png', 'npy', 'dicom'}
-        Detected from the content (the name must agree, except for DICOM).
+    format : {'tiff', 'png', 'npy', 'dicom', 'zarr'}
+        The registered format's name (:mod:`iscl.data.formats`), detected from the content (the name
+        must agree, except for DICOM; Zarr is a directory).
     shape : tuple of int
         Shape of the array that :func:`read_image` returns once a channel is chosen: ``(H, W)`` or
         ``(Z, H, W)``.
@@ -59,6 +60,7 @@ class ImageInfo:
         * DICOM: ``dataset`` (:class:`pydicom.dataset.Dataset`), ``stored_dtype`` (numpy dtype of
           the stored values, e.g. int16), ``bits_stored``, ``rescale_slope`` and
           ``rescale_intercept`` (float64 arrays, one value per frame), ``transfer_syntax`` (str).
+        * Zarr: ``chunks`` (tuple), ``zarr_format`` (2, 3 or None), ``attrs`` (dict).
     """
 
     path: Path
