@@ -104,10 +104,9 @@ def publish_file(tmp: PathLike, path: PathLike, *, overwrite: bool) -> None:
         os.link(tmp, path)
     except FileExistsError:
         raise AlreadyExistsError(path) from None
-    except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EMLINK, errno.ENOSYS):
-            raise
-        # Hard links unsupported here: a checked rename (a race can still slip between check and rename).
+    except OSError:
+        # Hard links unsupported here (EPERM, ENOTSUP, ... on FAT, some network filesystems): a checked
+        # rename; a race can still slip between check and rename. A real I/O problem fails again below.
         if os.path.lexists(path):
             raise AlreadyExistsError(path) from None
         os.replace(tmp, path)

@@ -274,8 +274,10 @@ def _take_channel(path: PathLike, arr: np.ndarray, layout: _Layout, channel: int
 
 
 # --------------------------------------------------------------------------------------------------
-# Format detection
+# Files and ImageInfo construction
 # --------------------------------------------------------------------------------------------------
+
+
 def _stat_file(path: Path) -> int:
     """Return the file size; raise ImageReadError for missing, non-regular or empty files."""
     try:
@@ -332,15 +334,12 @@ class SliceReader:
         pass
 
 
-# --------------------------------------------------------------------------------------------------
-
-
 class ImageSlices:
     """Random access to the 2-D slices of an image file without reading it whole.
 
-    Returned by :func:`open_slices`. Uncompressed contiguous TIFF stacks and ``.npy`` files are
-    memory-mapped (only the slices you index are read from disk); other TIFFs are decoded page by
-    page; PNG and DICOM (small by nature) are read once.
+    Returned by :func:`iscl.data.io.open_slices`. Uncompressed contiguous TIFF stacks and ``.npy``
+    files are memory-mapped (only the slices you index are read from disk); other TIFFs are decoded
+    page by page, Zarr arrays chunk by chunk; PNG and DICOM (small by nature) are read once.
 
     Attributes
     ----------
