@@ -31,13 +31,12 @@ MARKER = "demo.json"
 
 def _figure(noisy: list[np.ndarray], denoised: list[np.ndarray], clean: list[np.ndarray],
             scores: list[tuple[float, float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # the object-oriented API: no pyplot, no global backend switch (a caller's backend stays as it is)
+    from matplotlib.figure import Figure
 
     rows = min(3, len(noisy))
-    fig, axes = plt.subplots(rows, 3, figsize=(9, 3 * rows), squeeze=False)
+    fig = Figure(figsize=(9, 3 * rows))
+    axes = fig.subplots(rows, 3, squeeze=False)
     for r in range(rows):
         for c, (img, title) in enumerate(((noisy[r], f"noisy  {scores[r][0]:.2f} dB"),
                                           (denoised[r], f"ISCL  {scores[r][1]:.2f} dB"), (clean[r], "clean"))):
@@ -47,7 +46,6 @@ def _figure(noisy: list[np.ndarray], denoised: list[np.ndarray], clean: list[np.
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=100)
-    plt.close(fig)
     os.replace(tmp, path)
 
 
