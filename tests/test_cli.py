@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 import iscl
 from iscl.cli import app
+from iscl.errors import ImageReadError
 from synthetic import shapes_image, structured_noise
 
 runner = CliRunner()
@@ -217,9 +218,20 @@ def test_unwritable_output_is_a_clear_error(model_dir, tmp_path):
 
 
 def test_debug_shows_the_traceback(model_dir, tmp_path):
-    r = runner.invoke(app, ["--debug", "denoise", str(model_dir), str(tmp_path / "nope.tif"), "--out",
-                            str(tmp_path / "o")])
-    assert r.exit_code != 0 and r.exception is not None
+    args = ["denoise", str(model_dir), str(tmp_path / "nope.tif"), "--out", str(tmp_path / "o")]
+    # without --debug: the one-line error and exit status 1 (the runner records that as SystemExit(1))
+    plain = runner.invoke(app, args)
+    assert plain.exit_code == 1 and isinstance(plain.exception, SystemExit)
+    message = error_line(plain).removeprefix("iscl: error: ")
+    assert "nope.tif" in message
+    # with --debug: the original exception itself propagates (with its traceback), not a SystemExit
+    r = runner.invoke(app, ["--debug", *args])
+    assert r.exception is not None and not isinstance(r.exception, SystemExit), repr(r.exception)
+    assert isinstance(r.exception, ImageReadError), repr(r.exception)
+    assert " ".join(str(r.exception).split()) == message  # the very error the one-line message reported
+    assert r.exc_info is not None and r.exc_info[2] is not None  # the traceback Python prints
+    text = r.output + (r.stderr if hasattr(r, "stderr") else "")
+    assert "iscl: error:" not in text
 
 
 def test_evaluate_trained_run_on_paired_folders(model_dir, tmp_path):

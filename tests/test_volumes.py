@@ -154,3 +154,88 @@ def test_scheduler_with_image_files_is_refused(model_dir, tmp_path):
     with pytest.raises(ValueError, match=r"a\.npy: --scheduler spreads Zarr volumes over Dask workers"):
         denoise_files(iscl.load(model_dir), [path], tmp_path / "out", scheduler=2, progress=False)
     assert not (tmp_path / "out").exists()
+
+
+
+_NO_ONE_LINE_ERROR = (
+    "a block whose worker died fails with distributed.KilledWorker raised from volumes._run_on_dask "
+    "(fut.result()); that is no IsclError/ValueError/OSError, so `iscl denoise` shows a traceback instead of the "
+    "one-line error (the partial store is removed correctly). Needed in volumes._run_on_dask: catch "
+    "distributed.KilledWorker (and distributed.comm.CommClosedError, distributed.client.FutureCancelledError) "
+    "around fut.result() and raise an IsclError, e.g. ImageWriteError(<output>, 'a Dask worker died while "
+    "denoising slices z0-z1 (...); nothing was written') from it")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("allowed_failures", [
+    pytest.param(3, id="rescheduled"),  # dask's default: the lost blocks run again on a surviving worker
+    pytest.param(0, id="not-rescheduled", marks=pytest.mark.xfail(strict=True, reason=_NO_ONE_LINE_ERROR)),
+])
+def test_a_dask_worker_killed_mid_volume(model_dir, tmp_path, allowed_failures):
+    """A worker process of the cluster dies (SIGKILL) after the first block is done, while it runs another:
+    `iscl denoise RUN vol.zarr --out out.zarr --scheduler ADDR` either finishes on the surviving worker with
+    the exact slice-by-slice result, or fails with the one-line error; either way no store is left that looks
+    complete but is not, and no partial store is left behind. ``allowed_failures`` (dask's
+    ``distributed.scheduler.allowed-failures``) decides which: 3 reschedules the lost blocks, 0 fails them."""
+    import os
+    import signal
+    import threading
+    import time
+
+    import dask
+    from typer.testing import CliRunner
+
+    from iscl.cli import app
+
+    distributed = pytest.importorskip("distributed")
+    src, dst = tmp_path / "vol.zarr", tmp_path / "out.zarr"
+    data = _volume(src, shape=(12, 96, 96), chunks=(1, 96, 96), dtype="float32")  # 12 one-slice blocks
+    expected = _slice_by_slice(iscl.load(model_dir), data)
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": allowed_failures}):
+        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
+    watcher = distributed.Client(cluster)
+    killed: list[tuple[str, int, int]] = []  # (worker, pid, blocks done when it was killed)
+    failure: list[BaseException] = []
+    stop = threading.Event()
+
+    def tasks(dask_scheduler=None):  # runs on the scheduler
+        return {str(k): (ts.state, ts.processing_on.address if ts.processing_on else None)
+                for k, ts in dask_scheduler.tasks.items() if "denoise_block" in str(k)}
+
+    def kill_one_worker_mid_block():
+        try:
+            pids = watcher.run(os.getpid)
+            while not stop.is_set():
+                states = watcher.run_on_scheduler(tasks)
+                done = sum(s == "memory" for s, _ in states.values())
+                busy = [w for s, w in states.values() if s == "processing" and w in pids]
+                if done >= 1 and busy:
+                    os.kill(pids[busy[0]], signal.SIGKILL)
+                    killed.append((busy[0], pids[busy[0]], done))
+                    return
+                time.sleep(0.005)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test below
+            failure.append(exc)
+
+    killer = threading.Thread(target=kill_one_worker_mid_block, daemon=True)
+    try:
+        killer.start()
+        r = CliRunner().invoke(app, ["denoise", str(model_dir), str(src), "--out", str(dst), "--scheduler",
+                                     cluster.scheduler_address, "--memory-budget", "1", "--tile", "0", "--quiet"])
+    finally:
+        stop.set()
+        killer.join(30)
+        watcher.close()
+        cluster.close()
+    assert not failure, failure
+    assert killed, "the job ended before a worker could be killed mid-block"
+    assert 1 <= killed[0][2] < 12
+    leftovers = sorted(p.name for p in tmp_path.iterdir())
+    if r.exit_code == 0:  # rescheduled on the surviving worker: the complete, exact result
+        np.testing.assert_array_equal(np.asarray(zarr.open_array(str(dst), mode="r")[:]), expected)
+        assert leftovers == ["out.zarr", "vol.zarr"]  # no partial store left
+    else:  # the one-line error, and nothing that looks like an output
+        assert leftovers == ["vol.zarr"], leftovers
+        assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+        assert [ln for ln in r.output.splitlines() if ln.startswith("iscl: error:")], (r.output, r.exception)

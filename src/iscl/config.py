@@ -58,9 +58,11 @@ class TrainConfig(_Strict):
     swa_start: float = Field(0.6, ge=0, le=1, description="SWA snapshots after update int(swa_start*T)")
     lookahead_k: int = Field(6, ge=1)
     lookahead_alpha: float = Field(0.5, gt=0, le=1)
-    augment: Literal["dihedral", "flips", "none"] = Field(
-        "dihedral", description="patch augmentation: the 8 rotations/flips (official), the 4 that keep rows as rows "
-        "(flips and the half turn: for noise along the scan rows), or none")
+    augment: Literal["dihedral", "flips", "none", "official"] = Field(
+        "dihedral", description="patch augmentation: the 8 rotations/flips (the paper's), the 4 that keep rows as rows "
+        "(flips and the half turn: for noise along the scan rows), none, or official: what the official code "
+        "ran (identity + reflections only, clean patch i paired with noisy patch i, a near-sequential order from "
+        "a shuffle buffer of one image count; see iscl.data.patches) for reproduction studies")
     min_patch_std: float = Field(
         0.0, ge=0, description="leave out training patches whose std on [-1, 1] is below this (flat background, "
         "e.g. air clipped by a CT window); 0 keeps every patch, as the paper does")

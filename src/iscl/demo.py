@@ -32,13 +32,12 @@ MARKER = "demo.json"
 
 def _figure(noisy: list[np.ndarray], denoised: list[np.ndarray], clean: list[np.ndarray],
             scores: list[tuple[float, float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # the object-oriented API: no pyplot, no global backend switch (a caller's backend stays as it is)
+    from matplotlib.figure import Figure
 
     rows = min(3, len(noisy))
-    fig, axes = plt.subplots(rows, 3, figsize=(9, 3 * rows), squeeze=False)
+    fig = Figure(figsize=(9, 3 * rows))
+    axes = fig.subplots(rows, 3, squeeze=False)
     for r in range(rows):
         for c, (img, title) in enumerate(((noisy[r], f"noisy  {scores[r][0]:.2f} dB"),
                                           (denoised[r], f"ISCL  {scores[r][1]:.2f} dB"), (clean[r], "clean"))):
@@ -46,11 +45,8 @@ def _figure(noisy: list[np.ndarray], denoised: list[np.ndarray], clean: list[np.
             axes[r, c].set_title(title, fontsize=9)
             axes[r, c].axis("off")
     fig.tight_layout()
-    try:
-        with atomic.atomic_file(path) as f:
-            fig.savefig(f, format="png", dpi=100)
-    finally:
-        plt.close(fig)
+    with atomic.atomic_file(path) as f:
+        fig.savefig(f, format="png", dpi=100)
 
 
 def run_demo(out: str | os.PathLike = "demo-output", *, steps: int | None = None, seed: int = 0,

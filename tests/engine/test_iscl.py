@@ -131,3 +131,21 @@ def test_fg_step_reuses_the_d_steps_noise_map(model_and_batch):
     m.fg_step(x, y)  # on its own (no d_step on this batch before it): computes H(x) itself
     hook.remove()
     assert len(calls) == 1
+
+
+def test_seeded_networks_leave_the_global_rng_alone(tiny_config):
+    """ISCLNetworks' docstring: with a generator, the initialisation does not touch torch's global RNG (the
+    layers' default init, which draws from it, runs inside fork_rng) and does not depend on it."""
+    from iscl.engine.iscl import ISCLNetworks
+
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a = ISCLNetworks(tiny_config.network, torch.Generator().manual_seed(7))
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.manual_seed(456)  # another global state: the same weights
+    b = ISCLNetworks(tiny_config.network, torch.Generator().manual_seed(7))
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    # without a generator the global RNG is the source: it advances and the weights follow it
+    torch.manual_seed(123)
+    ISCLNetworks(tiny_config.network)
+    assert not torch.equal(torch.get_rng_state(), before)

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from iscl.evaluate import benchmark
 from iscl.evaluate.benchmark import cell_path, run_benchmark, training_pairs
 from iscl.methods.base import MethodBase
 from iscl.simulate.datasets import load_dataset
@@ -113,8 +112,20 @@ def test_training_pairs_are_new_seeded_scenes(name):
     assert not np.array_equal(noisy, clean)
     again = training_pairs(name, 2, 32, seed=0)
     assert np.array_equal(again[0], noisy) and np.array_equal(again[1], clean)
+    # what PAIRS_POOL_CODE is for: no pair shares a scene or a noise draw with any pool of the dataset (training
+    # clean, training noisy, test). A shared seed gives the same image (correlation 1); independent draws of
+    # these simulators correlate at most ~0.5 at this size
     ds = load_dataset(name, n_train=2, n_test=2, size=32, cache_dir=False)
+
+    def corr(a, b):
+        return abs(float(np.corrcoef(a.ravel(), b.ravel())[0, 1]))
+
     for a in clean:
         for b in list(ds.train_clean) + list(ds.test_clean):
-            assert not np.array_equal(a, b)
-    assert benchmark.PAIRS_POOL_CODE not in (0, 1, 2)
+            assert corr(a, b) < 0.95
+    for a in noisy:
+        for b in list(ds.train_noisy) + list(ds.test_noisy):
+            assert corr(a, b) < 0.95
+    for a, c in zip(noisy, clean):
+        for b, d in zip(ds.test_noisy, ds.test_clean):
+            assert corr(a - c, b - d) < 0.95  # not the same noise draw on another scene either

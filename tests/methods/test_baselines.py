@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from iscl.methods import registry
-from iscl.methods.base import Method, check_image, resolve_config
+from iscl.methods.base import Method, check_image
 from iscl.methods.classical import BM3DUnavailableError, Identity, estimate_noise_psd, estimate_noise_sigma
 from iscl.methods.supervised import _PairedStream
 from synthetic import shapes_image, structured_noise
@@ -79,14 +79,63 @@ def test_iscl_rows_are_views_of_one_model(data):
     assert not np.array_equal(rows["iscl"].denoise(x), rows["iscl-raw"].denoise(x))
 
 
+#: the learned baselines that train ISCL's generator with ISCL's optimiser; blindspot is left out on purpose:
+#: it is Noise2Void with n2v's own U-Net and Adam (checked below as *not* sharing, and in test_blindspot.py)
+SHARES_ISCL_GENERATOR_AND_OPTIMISER = ("supervised", "cyclegan")
+
+
+def _shapes(net: torch.nn.Module) -> list[tuple[str, tuple[int, ...]]]:
+    return [(k, tuple(v.shape)) for k, v in net.state_dict().items()]
+
+
+def _optimiser_settings(opt) -> dict:
+    """Type and hyper-parameters of an optimiser (Lookahead: its k and alpha and the inner optimiser's)."""
+    inner = getattr(opt, "optimizer", opt)
+    group = inner.param_groups[0]
+    settings = {"type": type(inner), "wrapper": type(opt) if inner is not opt else None,
+                "lookahead": (opt.k, opt.alpha) if inner is not opt else None}
+    settings.update({k: group[k] for k in ("initial_lr", "betas", "eps", "weight_decay") if k in group})
+    return settings
+
+
 def test_learned_methods_share_iscls_generator_and_optimiser(data):
-    # blindspot is left out on purpose: it is Noise2Void with n2v's own U-Net and optimiser (test_blindspot.py)
-    cfg = resolve_config("cpu", TINY, steps=3, batch_size=2, seed=0)
-    for name in ("supervised", "cyclegan"):
+    """The trained networks and optimisers themselves, not the configs: supervised's and CycleGAN's predicting
+    generator is ISCL's F (same class, same layers and widths), trained by ISCL's optimisers (RAdam, same lr,
+    betas and eps, same schedule; CycleGAN's D with ISCL's Lookahead)."""
+    from iscl.engine.iscl import ISCL
+    from iscl.engine.optim import Lookahead
+    from iscl.nn.generator import Generator
+
+    iscl = _fitted("iscl", data)
+    F = iscl.model.F_raw  # ISCL's trained F
+    assert type(F) is Generator
+    # ISCL's optimisers as its engine builds them for the same (resolved) config
+    ref = ISCL(iscl.resolved.network, iscl.resolved.train)
+    ref_fg, ref_d = _optimiser_settings(ref.opt_fg), _optimiser_settings(ref.opt_d)
+    assert ref_fg["type"] is torch.optim.RAdam and ref_d["wrapper"] is Lookahead
+    iscl_lrs = [r["lr_fg"] for r in iscl.history]
+    assert len(iscl_lrs) == 3
+
+    for name in SHARES_ISCL_GENERATOR_AND_OPTIMISER:
         m = _fitted(name, data)
-        assert m.resolved.network == cfg.network
-        assert m.resolved.train == cfg.train
-        assert m.resolved.normalization.mode == "fixed"
+        net = m.net if name == "supervised" else m.F
+        assert type(net) is type(F), name
+        assert _shapes(net) == _shapes(F), name  # same layers, widths and depth
+        assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in F.parameters()), name
+        assert net is not F, name  # its own network, trained by its own loop
+        generator_opt = m.optimizers["F" if name == "supervised" else "FG"]
+        assert _optimiser_settings(generator_opt) == ref_fg, name
+        # the generator parameters are exactly what that optimiser updates
+        trained = {id(p) for g in generator_opt.param_groups for p in g["params"]}
+        assert trained >= {id(p) for p in m._live[0].parameters()}, name
+        assert [r["lr"] for r in m.history] == pytest.approx(iscl_lrs), name  # the same LR schedule
+        if name == "cyclegan":
+            assert _optimiser_settings(m.optimizers["D"]) == ref_d
+
+    # the blind-spot row deliberately uses n2v's U-Net and Adam, not ISCL's generator and RAdam
+    bs = _fitted("blindspot", data)
+    assert type(bs.net) is not Generator
+    assert type(bs.optimizers["net"]) is torch.optim.Adam
 
 
 def test_fit_checks_what_a_method_needs(data):

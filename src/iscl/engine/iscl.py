@@ -38,18 +38,23 @@ class ISCLNetworks(nn.Module):
     """The five networks: F (noisy→clean), G (clean→noisy), H (noise extractor), D_X, D_Y.
 
     With ``generator`` given, all weights are re-drawn from it (truncated normal, std ``init_std``),
-    so a seed fixes the initialisation without touching torch's global RNG.
+    so a seed fixes the initialisation without touching torch's global RNG: the layers' own default
+    initialisation (which draws from the global RNG and is then overwritten) runs inside
+    ``torch.random.fork_rng``, which puts the global CPU RNG state back afterwards. Without
+    ``generator`` the weights are drawn from the global RNG.
     """
 
     def __init__(self, config: NetworkConfig | None = None, generator: torch.Generator | None = None,
                  init_std: float = 0.05):
         super().__init__()
         c = config or NetworkConfig()
-        self.F = make_generator(c)
-        self.G = make_generator(c)
-        self.H = make_extractor(c)
-        self.D_X = make_discriminator(c)
-        self.D_Y = make_discriminator(c)
+        # the networks are built on the CPU, so only the CPU RNG is forked (devices=[]: no CUDA state touched)
+        with torch.random.fork_rng(devices=[], enabled=generator is not None):
+            self.F = make_generator(c)
+            self.G = make_generator(c)
+            self.H = make_extractor(c)
+            self.D_X = make_discriminator(c)
+            self.D_Y = make_discriminator(c)
         for name in ("F", "G", "H", "D_X", "D_Y"):
             truncated_normal_init_(getattr(self, name), init_std, generator)
 

@@ -12,8 +12,9 @@ The protocol, exactly as the official script runs it on ``n`` paired images (``c
    defaults) and predicts each full noisy test image alone.
 4. PSNR and SSIM (scikit-image) of each prediction against its clean pair, on the clean images' scale
    (8-bit: [0, 255], ``data_range=255``; predictions are floats, not rounded, as the official
-   ``predict`` returns them); mean per fold, then mean over the k folds (the official script divides
-   by 4 whatever k is; here by k).
+   ``predict`` returns them); mean per fold, then mean over the k folds (the official ``demo_EM.py``
+   prints ``sum(cv_psnr)/4`` and ``sum(cv_ssim)/4``, a literal 4 whatever ``--kfold`` is, so its
+   number is the mean only for k = 4; here the sum is divided by k).
 
 Example
 -------

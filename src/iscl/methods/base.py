@@ -357,6 +357,7 @@ class SingleGeneratorMethod(MethodBase):
         sched = make_scheduler(opt, t.steps, t.lr, t.min_lr, kind=t.schedule, warmup=t.warmup_steps)
         swa = make_swa(net)
         self._live = (net, swa, t)
+        self.optimizers = {"F": opt}  # kept so that tests can check it is ISCL's (RAdam, same settings)
         stream = self._batches(cfg, clean, noisy, pairs)
         for step in tqdm(range(1, t.steps + 1), disable=not progress, unit="step", desc=self.name):
             started = time.perf_counter()

@@ -232,6 +232,7 @@ class BlindSpot(MethodBase):
         sampler = PatchSampler(standardised, self.patch_size, self.augment, seed=seed, stream=1)
         stream = _MaskedStream(sampler, np.random.default_rng([seed, 2]), self.mask_fraction, self.radius)
         self._live = net
+        self.optimizers = {"net": opt}
         for step in tqdm(range(1, steps + 1), disable=not progress, unit="step", desc=self.name):
             started = time.perf_counter()
             masked, target, mask = (t.to(self.device) for t in stream.next(batch_size))

@@ -81,6 +81,7 @@ class CycleGAN(MethodBase):
         sched_d = make_scheduler(opt_d.optimizer, t.steps, t.lr, t.min_lr, **kw)
         swa_F = make_swa(F)
         self._live = (F, swa_F)
+        self.optimizers = {"FG": opt_fg, "D": opt_d}  # kept so that tests can check they are ISCL's
         # the same patch streams as ISCL's Trainer (stream 0 = clean, 1 = noisy)
         clean_s = PatchSampler([to_network(a) for a in clean or []], t.patch_size, t.augment, seed=t.seed, stream=0)
         noisy_s = PatchSampler([to_network(a) for a in noisy], t.patch_size, t.augment, seed=t.seed, stream=1)

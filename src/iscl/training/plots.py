@@ -28,10 +28,8 @@ def _smooth(values: np.ndarray, window: int) -> np.ndarray:
 
 def plot_losses(log_path: str | os.PathLike, png_path: str | os.PathLike) -> Path:
     """Write a PNG with one panel per network group (+ validation PSNR when logged); returns its path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # the object-oriented API: no pyplot, no global backend switch (a caller's backend stays as it is)
+    from matplotlib.figure import Figure
 
     records = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
     records = [r for r in records if "d_total" in r]  # step records (a time budget adds a line of its own)
@@ -39,7 +37,8 @@ def plot_losses(log_path: str | os.PathLike, png_path: str | os.PathLike) -> Pat
         raise ValueError(f"{log_path}: the loss log is empty")
     steps = np.array([r["step"] for r in records])
     has_val = any("val_psnr" in r for r in records)
-    fig, axes = plt.subplots(1, 3 + has_val, figsize=(4.2 * (3 + has_val), 3.4))
+    fig = Figure(figsize=(4.2 * (3 + has_val), 3.4))
+    axes = fig.subplots(1, 3 + has_val)
     window = max(1, len(records) // 50)
     for ax, (title, keys) in zip(axes, _PANELS):
         for k in keys:
@@ -55,9 +54,6 @@ def plot_losses(log_path: str | os.PathLike, png_path: str | os.PathLike) -> Pat
         axes[-1].set_xlabel("step")
     fig.tight_layout()
     out = Path(png_path)
-    try:
-        with atomic.atomic_file(out) as f:
-            fig.savefig(f, format="png", dpi=90)
-    finally:
-        plt.close(fig)
+    with atomic.atomic_file(out) as f:
+        fig.savefig(f, format="png", dpi=90)
     return out

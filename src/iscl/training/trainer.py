@@ -110,6 +110,12 @@ class Trainer:
                                   min_std=t.min_patch_std)
         self.noisy = PatchSampler(noisy, t.patch_size, t.augment, seed=t.seed, stream=1, rank=r, world_size=w,
                                   min_std=t.min_patch_std)
+        if t.augment == "official" and (len(self.clean.images), len(self.clean)) != (len(self.noisy.images),
+                                                                                      len(self.noisy)):
+            raise ValueError(
+                "augment='official' pairs clean patch i with noisy patch i, as the official tf.data pipeline does: "
+                f"it needs as many clean as noisy images and patches; got {len(self.clean.images)} clean images "
+                f"({len(self.clean)} patches) and {len(self.noisy.images)} noisy ({len(self.noisy)} patches)")
         init_rng = torch.Generator().manual_seed(t.seed)
         self.model = ISCL(config.network, t, device=device, generator=init_rng, distributed=self.dist.enabled)
         self.device = self.model.device
