@@ -157,19 +157,11 @@ def test_scheduler_with_image_files_is_refused(model_dir, tmp_path):
 
 
 
-_NO_ONE_LINE_ERROR = (
-    "a block whose worker died fails with distributed.KilledWorker raised from volumes._run_on_dask "
-    "(fut.result()); that is no IsclError/ValueError/OSError, so `iscl denoise` shows a traceback instead of the "
-    "one-line error (the partial store is removed correctly). Needed in volumes._run_on_dask: catch "
-    "distributed.KilledWorker (and distributed.comm.CommClosedError, distributed.client.FutureCancelledError) "
-    "around fut.result() and raise an IsclError, e.g. ImageWriteError(<output>, 'a Dask worker died while "
-    "denoising slices z0-z1 (...); nothing was written') from it")
-
 
 @pytest.mark.slow
 @pytest.mark.parametrize("allowed_failures", [
     pytest.param(3, id="rescheduled"),  # dask's default: the lost blocks run again on a surviving worker
-    pytest.param(0, id="not-rescheduled", marks=pytest.mark.xfail(strict=True, reason=_NO_ONE_LINE_ERROR)),
+    pytest.param(0, id="not-rescheduled"),  # the lost block fails the job: the one-line error
 ])
 def test_a_dask_worker_killed_mid_volume(model_dir, tmp_path, allowed_failures):
     """A worker process of the cluster dies (SIGKILL) after the first block is done, while it runs another:
@@ -232,10 +224,12 @@ def test_a_dask_worker_killed_mid_volume(model_dir, tmp_path, allowed_failures):
     assert killed, "the job ended before a worker could be killed mid-block"
     assert 1 <= killed[0][2] < 12
     leftovers = sorted(p.name for p in tmp_path.iterdir())
+    assert (r.exit_code == 0) == (allowed_failures > 0), (r.output, r.exception)
     if r.exit_code == 0:  # rescheduled on the surviving worker: the complete, exact result
         np.testing.assert_array_equal(np.asarray(zarr.open_array(str(dst), mode="r")[:]), expected)
         assert leftovers == ["out.zarr", "vol.zarr"]  # no partial store left
     else:  # the one-line error, and nothing that looks like an output
         assert leftovers == ["vol.zarr"], leftovers
         assert r.exit_code == 1 and "Traceback" not in r.output, r.output
-        assert [ln for ln in r.output.splitlines() if ln.startswith("iscl: error:")], (r.output, r.exception)
+        errors = [ln for ln in r.output.splitlines() if ln.startswith("iscl: error:")]
+        assert len(errors) == 1 and "a Dask worker died while denoising slices" in errors[0], r.output

@@ -209,7 +209,7 @@ def denoise_zarr(model: Any, src: str | os.PathLike, dst: str | os.PathLike, *, 
                     on_block(i + 1, len(blocks))
         else:
             workers = _run_on_dask(model, str(src_p), str(tmp), blocks, options, scheduler, threads_per_worker,
-                                   on_block)
+                                   on_block, dst_p)
         _publish(tmp, dst_p, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -219,9 +219,13 @@ def denoise_zarr(model: Any, src: str | os.PathLike, dst: str | os.PathLike, *, 
 
 
 def _run_on_dask(model: Any, src: str, tmp: str, blocks: list[tuple[int, int]], options: dict[str, Any],
-                 scheduler: str | int, threads: int, on_block: Callable[[int, int], None] | None) -> int:
+                 scheduler: str | int, threads: int, on_block: Callable[[int, int], None] | None,
+                 dst: Path) -> int:
     try:
-        from dask.distributed import Client, LocalCluster, as_completed
+        from dask.distributed import Client, LocalCluster, as_completed, wait
+        from distributed import KilledWorker
+        from distributed.client import FutureCancelledError
+        from distributed.comm import CommClosedError
     except ImportError:
         raise ImportError("--scheduler needs dask.distributed: pip install 'iscl[dask]'") from None
     cluster = None
@@ -234,12 +238,29 @@ def _run_on_dask(model: Any, src: str, tmp: str, blocks: list[tuple[int, int]], 
     try:
         workers = len(client.scheduler_info().get("workers", {})) or 1
         payload = model if isinstance(model, str) else client.scatter(_portable(model), broadcast=True)
-        futures = [client.submit(_denoise_block, payload, src, tmp, z0, z1, options, threads, pure=False)
-                   for z0, z1 in blocks]
-        for i, fut in enumerate(as_completed(futures)):
-            fut.result()  # re-raises a worker's error here
-            if on_block is not None:
-                on_block(i + 1, len(blocks))
+        futures = {client.submit(_denoise_block, payload, src, tmp, z0, z1, options, threads, pure=False): (z0, z1)
+                   for z0, z1 in blocks}
+        try:
+            for i, fut in enumerate(as_completed(list(futures))):
+                try:
+                    fut.result()  # re-raises a worker's error here
+                except (KilledWorker, CommClosedError, FutureCancelledError) as exc:
+                    # the cluster lost the block (dask gives up after its allowed-failures retries): the
+                    # caller removes the partial store; the user gets one line, not dask's traceback
+                    z0, z1 = futures[fut]
+                    raise ImageWriteError(dst, f"a Dask worker died while denoising slices {z0}-{z1 - 1} "
+                                               f"({type(exc).__name__}); nothing was written") from exc
+                if on_block is not None:
+                    on_block(i + 1, len(blocks))
+        except BaseException:
+            # blocks still running elsewhere would write into the store after the caller removed it,
+            # leaving a partial store behind. Cancelling does not stop a running task (dask discards
+            # its result only), so let every block end, then let the caller remove the store.
+            try:
+                wait(list(futures), timeout=600)
+            except Exception:  # noqa: BLE001 - the original error is the one to report
+                pass
+            raise
         return workers
     finally:
         client.close()
