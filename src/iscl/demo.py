@@ -111,7 +111,7 @@ def run_demo(out: str | os.PathLike = "demo-output", *, steps: int | None = None
         "outputs": {"denoised": str(out / "denoised"), "figure": str(out / "figure.png"), "run": str(out / "run"),
                     "loss_curve": str(out / "run" / "loss.png"), "data": str(data)},
     }
-    (out / MARKER).write_text(json.dumps(summary, indent=2) + "\n")
+    atomic.write_text(out / MARKER, json.dumps(summary, indent=2) + "\n")
     gain = summary["iscl"]["psnr"] - summary["noisy"]["psnr"]
     echo("")
     echo(f"test images ({len(scores)}), against the clean ground truth:")

@@ -125,6 +125,11 @@ def cell_path(out_dir: str | os.PathLike, dataset: str, method: str) -> Path:
     return Path(out_dir) / "cells" / f"{dataset}__{method}.json"
 
 
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with atomic.atomic_file(path) as f:
+        np.save(f, array)
+
+
 def _write_json(path: Path, obj: Any) -> None:
     # atomic: a crash never leaves a half cell that looks finished
     atomic.write_text(path, json.dumps(obj, indent=1, sort_keys=False) + "\n")
@@ -318,8 +323,8 @@ def _run_dataset(name: str, todo: list[str], out: Path, settings: dict[str, Any]
     preds = out / "predictions" / name
     preds.mkdir(parents=True, exist_ok=True)
     if not (preds / "_noisy.npy").exists():
-        np.save(preds / "_noisy.npy", ds.test_noisy[fig_i])
-        np.save(preds / "_clean.npy", ds.test_clean[fig_i])
+        _save_npy(preds / "_noisy.npy", ds.test_noisy[fig_i])
+        _save_npy(preds / "_clean.npy", ds.test_clean[fig_i])
     families: dict[str, list[str]] = {}
     for m in todo:
         families.setdefault(registry.family(m), []).append(m)
@@ -358,7 +363,7 @@ def _run_dataset(name: str, todo: list[str], out: Path, settings: dict[str, Any]
                         time_budget=budget)
             run_dir.mkdir(parents=True, exist_ok=True)
             if trained.history and fam != "iscl":  # ISCL's trainer writes its own log.jsonl
-                (run_dir / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in trained.history))
+                atomic.write_text(run_dir / "log.jsonl", "".join(json.dumps(r) + "\n" for r in trained.history))
             done = sum(1 for r in trained.history if r.get("step", 0) > 0)
             _write_json(train_json, {"train_seconds": trained.train_seconds, "steps": done or settings["steps"],
                                      "batch_size": settings["batch_size"], "time_budget": budget})
@@ -369,7 +374,7 @@ def _run_dataset(name: str, todo: list[str], out: Path, settings: dict[str, Any]
             scores = _score(method, ds.test_noisy, ds.test_clean, fig_i)
             fig = scores.pop("_figure")
             if fig is not None:
-                np.save(preds / f"{row}.npy", fig)
+                _save_npy(preds / f"{row}.npy", fig)
             cell = {"dataset": name, "method": row, "family": fam,
                     "description": registry.METHODS[row].description,
                     "needs": sorted(registry.METHODS[row].needs),

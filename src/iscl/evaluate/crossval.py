@@ -330,7 +330,8 @@ def run_crossval(clean_images: Any, noisy_images: Any, *, k: int = 4, config: An
             rows = _score_pairs(predict, clean, noisy, fold.test, names, dr)
             if save_predictions:
                 for i in fold.test:
-                    np.save(fdir / f"pred_{int(i)}.npy", predict(noisy[i]).astype(np.float32))
+                    with atomic.atomic_file(fdir / f"pred_{int(i)}.npy") as f:
+                        np.save(f, predict(noisy[i]).astype(np.float32))
             fr = {**fold.as_dict(), **_summary(rows), "train_seconds": train_s, "images": rows}
             atomic.write_text(result_path, json.dumps(fr, indent=1) + "\n")
             say(f"fold {fold.index + 1}/{k}: PSNR {fr['psnr_mean']:.3f} (noisy {fr['noisy_psnr_mean']:.3f}), "

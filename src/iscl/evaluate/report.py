@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from iscl import atomic
+
 __all__ = ["write_benchmark_report", "results_markdown", "plot_dataset_grid", "plot_losses", "paired_wins",
            "plot_crossval"]
 
@@ -128,7 +130,8 @@ def plot_dataset_grid(results: dict[str, Any], out: Path, ds: str, path: Path, c
     fig.suptitle(f"{ds}: test image {idx} (bottom: {c}×{c} centre crop)", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    with atomic.atomic_file(path) as f:
+        fig.savefig(f, format=Path(path).suffix.lstrip(".") or "png")
     return path
 
 
@@ -173,7 +176,8 @@ def plot_losses(out: Path, ds: str, path: Path, smooth: int = 20) -> Path | None
     fig.suptitle(f"{ds}: training losses (moving average, {smooth} steps)", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    with atomic.atomic_file(path) as f:
+        fig.savefig(f, format=Path(path).suffix.lstrip(".") or "png")
     return path
 
 
@@ -181,7 +185,7 @@ def write_benchmark_report(results: dict[str, Any], out: Path, say: Callable[[st
     """Write ``results.md`` and the figures of a benchmark run; returns their paths."""
     out = Path(out)
     md = out / "results.md"
-    md.write_text(results_markdown(results))
+    atomic.write_text(md, results_markdown(results))
     figures = {}
     for ds in results["datasets"]:
         g = plot_dataset_grid(results, out, ds, out / "figures" / f"{ds}.png")
@@ -218,5 +222,6 @@ def plot_crossval(report: dict[str, Any], path: Path) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    with atomic.atomic_file(path) as f:
+        fig.savefig(f, format=Path(path).suffix.lstrip(".") or "png")
     return path

@@ -416,7 +416,8 @@ def _write_preview(ds: SimulatedDataset, path: Path) -> None:
                 ax.set_title(f"{label} {j}" if paired else f"{label} (unpaired) {j}", fontsize=9)
     fig.suptitle(f"{ds.name} (seed {ds.params['seed']}, strength {ds.params['strength']:g})", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic.atomic_file(path) as f:
+        fig.savefig(f, format=Path(path).suffix.lstrip(".") or "png")
 
 
 def write_dataset(
