@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from iscl.config import Config, NetworkConfig, preset
+from iscl.data.finite import require_finite
 from iscl.data.normalize import Normalizer, fit_normalizer
 from iscl.nn.build import make_extractor, make_generator
 from iscl.predict import predict_image
@@ -50,8 +51,7 @@ def _as_slices(images: np.ndarray | Sequence[np.ndarray], what: str) -> list[np.
             out.extend(a[z] for z in range(a.shape[0]))
         else:
             raise ValueError(f"{what}[{i}]: expected a 2-D image or a (Z, H, W) stack, got shape {a.shape}")
-        if a.dtype.kind == "f" and not np.isfinite(a).all():
-            raise ValueError(f"{what}[{i}]: {int((~np.isfinite(a)).sum())} NaN/Inf pixels; fix or mask them first")
+        require_finite(a, f"{what}[{i}]")
     return out
 
 
@@ -119,8 +119,7 @@ class Denoiser:
             raise ValueError(f"image of {a.shape[0]}x{a.shape[1]} pixels is too small (at least 4x4)")
         if a.dtype.kind not in "uif":
             raise TypeError(f"expected a real-valued image, got dtype {a.dtype}")
-        if a.dtype.kind == "f" and not np.isfinite(a).all():
-            raise ValueError(f"image has {int((~np.isfinite(a)).sum())} NaN/Inf pixels; fix or mask them first")
+        require_finite(a, "image")
         which = weights or self.config.predict.weights
         F_net = self.F_swa if which == "swa" else self.F_raw
         gamma = self.config.predict.gamma if gamma is None else float(gamma)

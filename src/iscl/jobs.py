@@ -51,7 +51,8 @@ def train_files(clean: Sequence[str | os.PathLike], noisy: Sequence[str | os.Pat
     Refuses a ``run_dir`` that already holds a run unless ``resume`` or ``overwrite`` is given.
     """
     from iscl.training.plots import plot_losses
-    from iscl.training.trainer import CHECKPOINT_DIR, LOG_FILE
+    from iscl.training.runlog import LOG_FILE
+    from iscl.training.trainer import CHECKPOINT_DIR
 
     run = Path(run_dir)
     if run.exists() and any(run.iterdir()) and not (resume or overwrite):

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from iscl import atomic
+from iscl.data.finite import count_nonfinite, nonfinite_problem
 from iscl.data.formats import zarr as zarr_format
 from iscl.errors import ImageReadError, ImageWriteError
 
@@ -120,8 +121,9 @@ def _resolve_model(model: Any) -> Any:
 
 def _predict_slice(model: Any, image: np.ndarray, src: str, z: int, options: dict[str, Any]) -> np.ndarray:
     """One 2-D slice through ``model.predict`` with ``options`` (output, tile, ..., precision)."""
-    if image.dtype.kind == "f" and not np.isfinite(image).all():
-        raise ImageReadError(src, f"slice {z} has {int((~np.isfinite(image)).sum())} NaN/Inf pixels")
+    n_nan, n_inf = count_nonfinite(image)
+    if n_nan or n_inf:
+        raise ImageReadError(src, f"slice {z} {nonfinite_problem(n_nan, n_inf, image.size)}")
     kw = dict(options)
     output = kw.pop("output")
     return model.predict(image, outputs=(output,), **kw)[output]

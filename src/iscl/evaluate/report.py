@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from iscl import atomic
+from iscl.training.runlog import read_log
 
 __all__ = ["write_benchmark_report", "results_markdown", "plot_dataset_grid", "plot_losses", "paired_wins",
            "plot_crossval"]
@@ -153,8 +153,7 @@ def plot_losses(out: Path, ds: str, path: Path, smooth: int = 20) -> Path | None
         p = out / "runs" / ds / fam / "log.jsonl"
         if p.exists():
             # step records only (ISCL's log also holds a time-budget line)
-            recs = [json.loads(ln) for ln in p.read_text().splitlines() if ln.strip()]
-            logs[fam] = [r for r in recs if _LOSS_KEYS[fam][0] in r]
+            logs[fam] = [r for r in read_log(p) if _LOSS_KEYS[fam][0] in r]
     if not logs:
         return None
     fig = Figure(figsize=(3.2 * len(logs), 2.8), dpi=110)

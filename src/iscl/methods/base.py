@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from iscl.data.finite import require_finite
 from iscl.nn.layers import truncated_normal_init_
 
 __all__ = [
@@ -232,8 +233,7 @@ def check_image(image: np.ndarray, what: str = "image") -> np.ndarray:
     if min(a.shape) < 4:
         raise ValueError(f"{what}: image of {a.shape[0]}x{a.shape[1]} pixels is too small (at least 4x4)")
     a = a.astype(np.float32, copy=False)
-    if not np.isfinite(a).all():
-        raise ValueError(f"{what}: {int((~np.isfinite(a)).sum())} NaN/Inf pixels; fix or mask them first")
+    require_finite(a, what)
     return a
 
 

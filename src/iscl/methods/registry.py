@@ -18,7 +18,6 @@ True
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from iscl.methods.base import MethodBase, config_summary, resolve_config
+from iscl.training.runlog import LOG_FILE, read_log
 
 __all__ = ["ISCLMethod", "MethodSpec", "METHODS", "DEFAULT_METHODS", "get_method", "family", "view",
            "method_names"]
@@ -91,9 +91,7 @@ class ISCLMethod(MethodBase):
         with tempfile.TemporaryDirectory(prefix="iscl-run-") as tmp:
             run_dir = Path(self.run_dir) if self.run_dir is not None else Path(tmp)
             self.model = train(clean, noisy, cfg, run_dir=run_dir, device=device, progress=progress, on_step=on_step)
-            log = run_dir / "log.jsonl"
-            if log.exists():
-                self.history = [json.loads(ln) for ln in log.read_text().splitlines() if ln.strip()]
+            self.history = read_log(run_dir / LOG_FILE)
         self.model.trainer = self._trainer = None  # the patch pools and optimiser state are not needed now
 
     def snapshot(self) -> dict[str, Any]:
@@ -118,9 +116,7 @@ class ISCLMethod(MethodBase):
         m.model = load(path, device=device)
         m.resolved = m.model.config
         m.fitted = True
-        log = Path(path) / "log.jsonl"
-        if log.exists():
-            m.history = [json.loads(ln) for ln in log.read_text().splitlines() if ln.strip()]
+        m.history = read_log(Path(path) / LOG_FILE)
         return m
 
     def view(self, output: str = "denoised", weights: str = "swa", name: str | None = None) -> ISCLMethod:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
 from iscl import atomic
+from iscl.training.runlog import read_log
 
 __all__ = ["plot_losses"]
 
@@ -31,7 +31,7 @@ def plot_losses(log_path: str | os.PathLike, png_path: str | os.PathLike) -> Pat
     # the object-oriented API: no pyplot, no global backend switch (a caller's backend stays as it is)
     from matplotlib.figure import Figure
 
-    records = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
+    records = read_log(log_path)
     records = [r for r in records if "d_total" in r]  # step records (a time budget adds a line of its own)
     if not records:
         raise ValueError(f"{log_path}: the loss log is empty")

@@ -24,10 +24,10 @@ from iscl.engine import distributed
 from iscl.engine.iscl import ISCL
 from iscl.errors import IsclError
 from iscl.training import checkpoint as ckpt
+from iscl.training.runlog import LOG_FILE, read_log
 
 __all__ = ["Trainer", "CollapseError", "LOG_FILE", "CHECKPOINT_DIR", "BEST_DIR"]
 
-LOG_FILE = "log.jsonl"
 CHECKPOINT_DIR = "checkpoint"
 BEST_DIR = "best"
 
@@ -180,8 +180,8 @@ class Trainer:
         log = self.run_dir / LOG_FILE  # type: ignore[operator]
         if not log.exists():
             return
-        kept = [ln for ln in log.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-        atomic.write_text(log, "".join(ln + "\n" for ln in kept))  # a crash here must not lose the log
+        kept = read_log(log, upto_step=step)
+        atomic.write_text(log, "".join(json.dumps(r) + "\n" for r in kept))  # a crash here must not lose the log
 
     def _session_seconds(self) -> float:
         return 0.0 if self._session_start is None else self.clock() - self._session_start

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from iscl.data.finite import count_nonfinite, nonfinite_problem
 from iscl.errors import ImageReadError
 
 PathLike = str | os.PathLike
@@ -138,23 +139,9 @@ def _check_dtype(path: PathLike, dtype: np.dtype) -> None:
         raise ImageReadError(path, f"unsupported pixel type {dtype} ({kind}); need integer or floating-point pixels")
 
 
-def _count_nonfinite(arr: np.ndarray) -> tuple[int, int]:
-    """Return (number of NaN, number of ±Inf) in a float array, slice by slice to bound memory."""
-    if arr.dtype.kind != "f":
-        return 0, 0
-    n_nan = n_inf = 0
-    blocks = arr if arr.ndim == 3 else (arr,)
-    for block in blocks:
-        finite = np.isfinite(block)
-        if not finite.all():
-            nan = int(np.count_nonzero(np.isnan(block)))
-            n_nan += nan
-            n_inf += int(block.size - np.count_nonzero(finite)) - nan
-    return n_nan, n_inf
-
-
-def _nonfinite_problem(n_nan: int, n_inf: int, size: int) -> str:
-    return f"contains {n_nan} NaN and {n_inf} Inf pixel values (of {size})"
+# one implementation for readers, writers, the API and the volume jobs (iscl.data.finite)
+_count_nonfinite = count_nonfinite
+_nonfinite_problem = nonfinite_problem
 
 
 def _check_finite(path: PathLike, arr: np.ndarray, where: str = "") -> None:
