@@ -30,6 +30,7 @@ import torch  # noqa: E402
 from families import FAMILIES, TASKS, load_family  # noqa: E402
 from iscl.config import Config, preset  # noqa: E402
 from iscl.data.normalize import Normalizer  # noqa: E402
+from iscl.engine.iscl import blend  # noqa: E402
 from iscl.metrics import psnr  # noqa: E402
 from iscl.predict import predict_image  # noqa: E402
 from iscl.training.trainer import Trainer  # noqa: E402
@@ -72,7 +73,8 @@ def score(trainer: Trainer, clean: np.ndarray, noisy: np.ndarray, gamma: float) 
         x = 2 * n - 1
         r = predict_image(m.prediction_F("swa"), m.nets.H, x, gamma=gamma, outputs=("denoised", "generator", "bypass"))
         raw = predict_image(m.nets.F, m.nets.H, x, gamma=gamma)["denoised"]
-        g25, g75 = (np.clip(g * r["generator"] + (1 - g) * r["bypass"], -1, 1) for g in (0.25, 0.75))
+        f, b = torch.from_numpy(r["generator"]), torch.from_numpy(r["bypass"])
+        g25, g75 = (blend(f, b, g).numpy() for g in (0.25, 0.75))  # the production formula, not a copy
         for k, v in (("blend", r["denoised"]), ("F", r["generator"]), ("bypass", r["bypass"]), ("blend_raw", raw),
                      ("gamma0.25", g25), ("gamma0.75", g75)):
             out[k].append(psnr(c, np.clip((v + 1) / 2, 0, 1), 1.0))

@@ -181,13 +181,8 @@ def atomic_file(path: PathLike, *, overwrite: bool = True) -> Iterator[IO[bytes]
     Without ``overwrite`` an existing ``path`` (even one that appears while writing) raises
     :class:`AlreadyExistsError` at publication.
     """
-    af = AtomicFile(path, overwrite=overwrite)
-    try:
+    with AtomicFile(path, overwrite=overwrite) as af:
         yield af.file
-    except BaseException:
-        af.abort()
-        raise
-    af.commit()
 
 
 def write_bytes(path: PathLike, data: bytes, *, overwrite: bool = True) -> Path:

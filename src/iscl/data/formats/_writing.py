@@ -72,12 +72,8 @@ def _atomic_output(path: Path, overwrite: bool) -> Iterator[IO[bytes]]:
     except OSError as exc:
         raise ImageWriteError(path, f"cannot create file ({_describe_exc(exc)})", errno=exc.errno) from None
     try:
-        try:
+        with af:  # commits on normal exit, removes the temporary file on an exception
             yield af.file
-        except BaseException:
-            af.abort()
-            raise
-        af.commit()
     except atomic.AlreadyExistsError:  # another writer published this name first
         raise ImageWriteError(path, EXISTS) from None
     except Exception as exc:
