@@ -29,7 +29,7 @@ import torch  # noqa: E402
 
 from families import FAMILIES, TASKS, load_family  # noqa: E402
 from iscl.config import Config, preset  # noqa: E402
-from iscl.data.normalize import Normalizer  # noqa: E402
+from iscl.data.normalize import Normalizer, fit_normalizer  # noqa: E402
 from iscl.engine.iscl import blend  # noqa: E402
 from iscl.metrics import psnr  # noqa: E402
 from iscl.predict import predict_image  # noqa: E402
@@ -64,20 +64,20 @@ def bm3d_psnr(family: str, task: str, clean: np.ndarray, noisy: np.ndarray, cach
     return known[key]
 
 
-def score(trainer: Trainer, clean: np.ndarray, noisy: np.ndarray, gamma: float) -> dict[str, float]:
+def score(trainer: Trainer, clean: np.ndarray, noisy: np.ndarray, gamma: float, norm: Normalizer) -> dict[str, float]:
     """Validation PSNR (on [0, 1]) of the blend (SWA F), F alone, the bypass and the blend with the raw F."""
     m = trainer.model
     out: dict[str, list[float]] = {"blend": [], "F": [], "bypass": [], "blend_raw": [], "gamma0.25": [],
                                    "gamma0.75": []}
     for c, n in zip(clean, noisy):
-        x = 2 * n - 1
+        x = norm.forward(n)
         r = predict_image(m.prediction_F("swa"), m.nets.H, x, gamma=gamma, outputs=("denoised", "generator", "bypass"))
         raw = predict_image(m.nets.F, m.nets.H, x, gamma=gamma)["denoised"]
         f, b = torch.from_numpy(r["generator"]), torch.from_numpy(r["bypass"])
         g25, g75 = (blend(f, b, g).numpy() for g in (0.25, 0.75))  # the production formula, not a copy
         for k, v in (("blend", r["denoised"]), ("F", r["generator"]), ("bypass", r["bypass"]), ("blend_raw", raw),
                      ("gamma0.25", g25), ("gamma0.75", g75)):
-            out[k].append(psnr(c, np.clip((v + 1) / 2, 0, 1), 1.0))
+            out[k].append(psnr(c, np.clip(norm.inverse(v), 0, 1), 1.0))
     return {k: float(np.mean(v)) for k, v in out.items()}
 
 
@@ -98,10 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     split = load_family(args.family, args.task)
     cfg = apply_overrides(preset(args.preset), args.set)
     cfg.train.steps, cfg.train.seed = args.steps, args.seed
-    cfg.normalization = type(cfg.normalization)(mode="fixed", low=0.0, high=1.0)
-    norm = Normalizer(low=0.0, high=1.0)
-    trainer = Trainer(cfg, [2 * a - 1 for a in split.train_clean], [2 * a - 1 for a in split.train_noisy], norm,
-                      progress=False)
+    # the data are on [0, 1]: a fixed window, widened by the setting's headroom
+    cfg.normalization = type(cfg.normalization)(mode="fixed", low=0.0, high=1.0, headroom=cfg.normalization.headroom)
+    norm = fit_normalizer([split.train_clean[:1]], cfg.normalization)
+    trainer = Trainer(cfg, [norm.forward(a) for a in split.train_clean], [norm.forward(a) for a in split.train_noisy],
+                      norm, progress=False)
     curve, seconds, stopped = [], 0.0, None
     gamma = cfg.predict.gamma
     for stop in range(args.eval_every, args.steps + args.eval_every, args.eval_every):
@@ -112,9 +113,9 @@ def main(argv: list[str] | None = None) -> int:
             stopped = f"{type(exc).__name__}: {exc}"
             break
         seconds += time.perf_counter() - t0
-        s = score(trainer, split.val_clean, split.val_noisy, gamma)
+        s = score(trainer, split.val_clean, split.val_noisy, gamma, norm)
         curve.append((trainer.model.step, s["blend"], s["F"], s["bypass"]))
-    final = score(trainer, split.val_clean, split.val_noisy, gamma)
+    final = score(trainer, split.val_clean, split.val_noisy, gamma, norm)
     noisy = float(np.mean([psnr(c, n, 1.0) for c, n in zip(split.val_clean, split.val_noisy)]))
     result = {"tag": args.tag, "family": args.family, "task": args.task, "preset": args.preset, "set": args.set,
               "steps": trainer.model.step, "seed": args.seed, "stopped": stopped, "final": final,

@@ -4,9 +4,9 @@ Usage::
 
     python benchmarks/lever_table.py benchmarks/results/levers/*.jsonl
 
-One row per setting (its tag and overrides), one column per (family, task): the validation PSNR of the
-blend (gamma 0.5), with F(x), x - H(x) and the gamma-0.25 blend (where the study scored it) in
-brackets; the noisy input and BM3D of each column head the table.
+One row per setting (its preset, tag and overrides), one column per (family, task): the validation PSNR
+of the preset's blend (gamma 0.5 in ``cpu``, 0.25 in ``fast``), with F(x), x - H(x) and the gamma-0.25
+blend (where the study scored it) in brackets; the noisy input and BM3D of each column head the table.
 A run that appears twice (same tag, family, task, steps) is shown once (the last).
 """
 
@@ -27,7 +27,8 @@ def main(paths: list[str]) -> int:
     for path in paths:
         for line in Path(path).read_text().splitlines():
             r = json.loads(line)
-            key = (r["tag"], r["steps"])
+            preset = r.get("preset", "cpu")
+            key = (r["tag"] if preset == "cpu" else f"{preset}: {r['tag']}", r["steps"])
             runs.setdefault(key, {})[(r["family"], r["task"])] = r
             settings[key] = r["set"]
             refs[(r["family"], r["task"])] = (r["noisy"], r["bm3d"])

@@ -64,3 +64,18 @@ def test_losses_have_gradients():
     b = torch.randn(2, 1, 3, 3, dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda u: losses.cycle_consistency(u, b, b, u * 0.5), (a,))
     assert torch.autograd.gradcheck(lambda u: losses.hinge_discriminator(u, u * 2), (a,))
+
+
+def test_gaussian_blur_keeps_constants_and_means_and_lowpass_fidelity_measures_tone_only():
+    from iscl.losses import gaussian_blur, lowpass_fidelity
+
+    const = torch.full((2, 1, 20, 24), 0.3)
+    assert torch.allclose(gaussian_blur(const, 2.0), const, atol=1e-6)
+    rng = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 1, 32, 32, generator=rng) * 2 - 1
+    assert gaussian_blur(x, 1.5).shape == x.shape
+    assert gaussian_blur(x, 1.5).std() < 0.5 * x.std()  # a low-pass
+    # a tone shift is seen in full; fine-grained zero-mean noise (a +-0.2 checkerboard) almost not at all
+    assert lowpass_fidelity(x, x + 0.1, 2.0).item() == pytest.approx(0.1, abs=1e-5)
+    checker = 0.2 * (1 - 2 * ((torch.arange(32)[:, None] + torch.arange(32)[None, :]) % 2)).float()
+    assert lowpass_fidelity(x, x + checker, 2.0).item() < 0.01

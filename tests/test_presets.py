@@ -14,6 +14,10 @@ OFF = {
     "train.warmup_steps": 0,
     "train.d_lr_scale": 1.0,
     "train.identity_weight": 0.0,
+    "train.lowpass_weight": 0.0,
+    "train.pseudo_noise_weight": 1.0,
+    "train.extractor_identity_weight": 0.0,
+    "normalization.headroom": 0.0,
     "train.augment": "dihedral",
     "train.min_patch_std": 0.0,
     "train.collapse_guard": False,
@@ -26,6 +30,9 @@ OFFICIAL = {"network.generator_width": 32, "network.generator_res_blocks": 3, "n
             "train.batch_size": 64, "train.patch_size": 64, "train.lr": 1e-4, "train.min_lr": 1e-7,
             "train.cycle_weight": 30.0, "train.swa_start": 0.6, "train.lookahead_k": 6, "train.lookahead_alpha": 0.5,
             "predict.gamma": 0.5}
+
+
+SECTIONS = ("network", "train", "predict", "normalization")
 
 
 def get(cfg: Config, key: str):
@@ -41,14 +48,16 @@ def test_every_new_option_is_off_in_paper_and_paper_is_official():
     # option must be added to OFF (and so be checked) to pass
     execution = {"train.betas", "train.eps", "train.seed", "train.checkpoint_every", "train.init_std",
                  "train.precision", "train.channels_last", "train.compile", "train.nonfinite",
-                 "train.guard_patience", "train.guard_max_restarts", "predict.weights", "predict.precision"}
-    fields = {f"{s}.{f}" for s in ("network", "train", "predict") for f in type(getattr(cfg, s)).model_fields}
+                 "train.guard_patience", "train.guard_max_restarts", "train.lowpass_sigma", "predict.weights",
+                 "predict.precision", "normalization.mode", "normalization.low", "normalization.high",
+                 "normalization.percentiles", "normalization.center", "normalization.width"}
+    fields = {f"{s}.{f}" for s in SECTIONS for f in type(getattr(cfg, s)).model_fields}
     assert fields == set(OFF) | set(OFFICIAL) | execution
 
 
 def test_fast_differs_from_paper_exactly_in_its_listed_changes():
     paper, fast = preset("paper"), preset("fast")
-    changed = {k for k in (f"{s}.{f}" for s in ("network", "train", "predict")
+    changed = {k for k in (f"{s}.{f}" for s in SECTIONS
                            for f in type(getattr(paper, s)).model_fields) if get(paper, k) != get(fast, k)}
     assert changed == set(FAST_CHANGES) | {"train.steps"}
     assert all(get(fast, k) == v for k, (v, _) in FAST_CHANGES.items())

@@ -18,6 +18,9 @@ __all__ = [
     "pseudo_noise",
     "noise_consistency",
     "identity",
+    "no_noise",
+    "gaussian_blur",
+    "lowpass_fidelity",
 ]
 
 
@@ -95,3 +98,39 @@ def identity(y: torch.Tensor, f_y: torch.Tensor) -> torch.Tensor:
     """
     _same_shape("identity", y, f_y)
     return (f_y - y).abs().mean()
+
+
+def no_noise(h_y: torch.Tensor) -> torch.Tensor:
+    """``mean|H(y)|`` on clean images: there is no noise to extract from a clean image.
+
+    The noise extractor's analogue of :func:`identity`. Not in ISCL: an option of the faster presets
+    (``TrainConfig.extractor_identity_weight``), off in ``paper``.
+    """
+    return h_y.abs().mean()
+
+
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (N, C, H, W) images, truncated at 3 sigma, reflect-padded (same shape).
+
+    Written here (a few lines) rather than taken from torchvision, which iscl does not depend on.
+    """
+    radius = max(1, int(3.0 * sigma + 0.5))
+    t = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    c = images.shape[1]
+    h = torch.nn.functional.pad(images, (radius, radius, radius, radius), mode="reflect")
+    h = torch.nn.functional.conv2d(h, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return torch.nn.functional.conv2d(h, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def lowpass_fidelity(source: torch.Tensor, output: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``mean|blur(output) - blur(source)|`` with a Gaussian of ``sigma`` pixels.
+
+    Zero-mean noise leaves an image's local mean unchanged, so a denoiser (F: noisy -> clean) and a noise
+    model (G: clean -> noisy) should too; the adversarial terms alone let both drift in tone (on CT, F
+    darkened soft tissue by 0.09 and bone by 0.28 of the window). Not in ISCL: an option of the faster
+    presets (``TrainConfig.lowpass_weight``), off in ``paper``.
+    """
+    _same_shape("lowpass_fidelity", source, output)
+    return (gaussian_blur(output, sigma) - gaussian_blur(source, sigma)).abs().mean()

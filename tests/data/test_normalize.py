@@ -45,3 +45,19 @@ def test_invalid_settings_are_refused():
         NormalizationConfig(mode="fixed", low=3, high=1)
     with pytest.raises(ValueError, match="finite low < high"):
         Normalizer(low=1, high=1)
+
+
+@pytest.mark.parametrize("mode", ["fixed", "ct-window", "percentile"])
+def test_headroom_maps_the_window_inside_the_tanh_range_and_round_trips(mode):
+    rng = np.random.default_rng(1)
+    im = rng.uniform(0, 1, (32, 32)).astype(np.float32)
+    base = NormalizationConfig(mode=mode, low=0.0, high=1.0, center=0.5, width=1.0)
+    plain = fit_normalizer([im], base)
+    wide = fit_normalizer([im], base.model_copy(update={"headroom": 0.05}))
+    width = plain.high - plain.low
+    assert wide.low == pytest.approx(plain.low - 0.05 * width) and wide.high == pytest.approx(plain.high + 0.05 * width)
+    # the plain window's ends land at +-1/1.1, inside (-1, 1)
+    np.testing.assert_allclose(wide.forward(np.array([plain.low, plain.high])), [-1 / 1.1, 1 / 1.1], atol=1e-6)
+    np.testing.assert_allclose(wide.inverse(wide.forward(im)), im, atol=1e-6)
+    assert "widened by 0.05" in wide.source
+    assert fit_normalizer([im], base.model_copy(update={"headroom": 0.0})) == plain  # 0: the paper's mapping

@@ -149,3 +149,54 @@ def test_seeded_networks_leave_the_global_rng_alone(tiny_config):
     torch.manual_seed(123)
     ISCLNetworks(tiny_config.network)
     assert not torch.equal(torch.get_rng_state(), before)
+
+
+def test_tone_term_is_added_with_its_weight_and_absent_by_default(tiny_config):
+    from iscl import losses
+
+    assert "g_tone" not in ISCL(tiny_config.network, tiny_config.train).fg_step(
+        torch.zeros(2, 1, 64, 64), torch.zeros(2, 1, 64, 64))
+    cfg = tiny_config.model_copy(deep=True)
+    cfg.train.lowpass_weight, cfg.train.lowpass_sigma = 0.7, 1.5
+    m = ISCL(cfg.network, cfg.train, generator=torch.Generator().manual_seed(0))
+    x, y = torch.rand(2, 1, 64, 64) * 2 - 1, torch.rand(2, 1, 64, 64) * 2 - 1
+    with torch.no_grad():
+        expected = (losses.lowpass_fidelity(x, m.nets.F(x), 1.5) + losses.lowpass_fidelity(y, m.nets.G(y), 1.5)).item()
+    rec = m.fg_step(x, y)
+    assert rec["g_tone"].item() == pytest.approx(expected, rel=1e-5)
+    t = cfg.train
+    total = rec["g_adv_noisy"] + rec["g_adv_clean"] + t.cycle_weight * (
+        rec["g_cycle"] + rec["g_bypass"] + t.identity_weight * rec.get("g_identity", 0) + 0.7 * rec["g_tone"])
+    assert rec["g_total"].item() == pytest.approx(total.item(), rel=1e-5)
+
+
+def test_pseudo_noise_weight_zero_trains_h_on_the_synthetic_pairs_only(tiny_config):
+    # with the weight at 0, H's update must not depend on F at all: scramble F and get the same H
+    cfg = tiny_config.model_copy(deep=True)
+    cfg.train.pseudo_noise_weight = 0.0
+    x, y = torch.rand(2, 1, 64, 64) * 2 - 1, torch.rand(2, 1, 64, 64) * 2 - 1
+    hs = []
+    for scramble in (False, True):
+        m = ISCL(cfg.network, cfg.train, generator=torch.Generator().manual_seed(0))
+        if scramble:
+            with torch.no_grad():
+                for p in m.nets.F.parameters():
+                    p.add_(torch.randn_like(p))
+        rec = m.h_step(x, y)
+        assert rec["h_total"].item() == pytest.approx(rec["h_noise_consistency"].item())
+        hs.append([p.detach().clone() for p in m.nets.H.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*hs))
+
+
+def test_extractor_identity_term_is_mean_abs_h_of_the_clean_batch_with_its_weight(tiny_config):
+    cfg = tiny_config.model_copy(deep=True)
+    cfg.train.extractor_identity_weight, cfg.train.pseudo_noise_weight = 2.0, 0.5
+    m = ISCL(cfg.network, cfg.train, generator=torch.Generator().manual_seed(0))
+    x, y = torch.rand(2, 1, 64, 64) * 2 - 1, torch.rand(2, 1, 64, 64) * 2 - 1
+    with torch.no_grad():
+        expected = m.nets.H(y).abs().mean().item()
+    rec = m.h_step(x, y)
+    assert rec["h_no_noise"].item() == pytest.approx(expected, rel=1e-5)
+    assert rec["h_total"].item() == pytest.approx(
+        0.5 * rec["h_pseudo_noise"].item() + rec["h_noise_consistency"].item() + 2.0 * expected, rel=1e-5)
+    assert "h_no_noise" not in ISCL(tiny_config.network, tiny_config.train).h_step(x, y)

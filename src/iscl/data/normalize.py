@@ -23,6 +23,10 @@ class NormalizationConfig(BaseModel):
         percentile window. ``fixed``: ``low``/``high`` as given. ``percentile``: the ``percentiles``
         of all training pixels (clean and noisy pools together), robust to hot pixels.
         ``ct-window``: a Hounsfield window given by ``center``/``width`` (for DICOM CT in HU).
+    headroom
+        Widens the window by ``headroom * (high - low)`` on each side: 0.05 maps ``[low, high]`` to
+        [-0.91, 0.91]. Data clipped at the window's ends (air in a CT display window, saturated EM) then
+        sit inside the range of F's tanh instead of at its asymptote.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -33,6 +37,9 @@ class NormalizationConfig(BaseModel):
     percentiles: tuple[float, float] = (0.1, 99.9)
     center: float = 40.0
     width: float = 400.0
+    headroom: float = Field(
+        0.0, ge=0.0, le=1.0, description="widen the chosen window by this fraction of its width on each side, so "
+        "that its ends map inside (-1, 1) where the generators' tanh can reach them (0: the paper's mapping)")
 
     @model_validator(mode="after")
     def _check(self) -> NormalizationConfig:
@@ -112,16 +119,27 @@ def dtype_range(dtype: np.dtype | type) -> tuple[float, float]:
 
 def fit_normalizer(images: Sequence[np.ndarray], config: NormalizationConfig | None = None,
                    max_samples: int = 2_000_000, seed: int = 0) -> Normalizer:
-    """Choose the intensity window from training images.
+    """Choose the intensity window from training images (see :class:`NormalizationConfig`), with its headroom.
 
     Parameters
     ----------
     images : sequence of arrays, any shape and real dtype, in the images' own units.
-    config : the rule (default ``auto``).
+    config : the rule (default ``auto``, no headroom).
     max_samples : percentiles are computed on at most this many pixels drawn evenly from every image
         (exact for small sets; keeps memory flat for large ones).
     """
     config = config or NormalizationConfig()
+    fitted = _fit_window(images, config, max_samples, seed)
+    if config.headroom == 0:
+        return fitted
+    pad = config.headroom * (fitted.high - fitted.low)
+    return Normalizer(low=fitted.low - pad, high=fitted.high + pad,
+                      source=f"{fitted.source}, widened by {config.headroom:g} of its width on each side")
+
+
+def _fit_window(images: Sequence[np.ndarray], config: NormalizationConfig, max_samples: int,
+                seed: int) -> Normalizer:
+    """The window of ``config``'s rule, before headroom."""
     if not images:
         raise ValueError("fit_normalizer: no images given")
     mode = config.mode

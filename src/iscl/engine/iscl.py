@@ -96,11 +96,13 @@ class GeneratorObjective(nn.Module):
     """The F/G step's loss terms. The critics are held in a tuple, not registered: they are not
     trained here (and DDP must not wait for their gradients)."""
 
-    def __init__(self, F: nn.Module, G: nn.Module, D_X: nn.Module, D_Y: nn.Module, identity: bool = False):
+    def __init__(self, F: nn.Module, G: nn.Module, D_X: nn.Module, D_Y: nn.Module, identity: bool = False,
+                 lowpass_sigma: float | None = None):
         super().__init__()
         self.F, self.G = F, G
         self.critics = (D_X, D_Y)
         self.identity = identity  # also return |F(y) - y| (one more pass of F; not in the official method)
+        self.lowpass_sigma = lowpass_sigma  # also return the tone term (not in the official method)
 
     def forward(self, x, y, h_x):  # noqa: D102
         D_X, D_Y = self.critics
@@ -118,20 +120,26 @@ class GeneratorObjective(nn.Module):
         cycle = losses.cycle_consistency(x, x_cycled, y, y_cycled)
         bypass = losses.bypass_consistency(f_x, pseudo_clean, y, f_pseudo_noisy)
         identity = losses.identity(y, F(y)) if self.identity else None
-        return adv_noisy, adv_clean, cycle, bypass, identity, f_x
+        tone = None
+        if self.lowpass_sigma is not None:
+            tone = (losses.lowpass_fidelity(x, f_x, self.lowpass_sigma)
+                    + losses.lowpass_fidelity(y, g_y, self.lowpass_sigma))
+        return adv_noisy, adv_clean, cycle, bypass, identity, tone, f_x
 
 
 class ExtractorObjective(nn.Module):
     """The H step's loss terms (two separate passes of H)."""
 
-    def __init__(self, H: nn.Module):
+    def __init__(self, H: nn.Module, clean: bool = False):
         super().__init__()
         self.H = H
+        self.clean = clean  # also return |H(y)| (one more pass of H; not in the official method)
 
     def forward(self, x, y, f_x, g_y):  # noqa: D102
         pseudo = losses.pseudo_noise(self.H(x).float(), x, f_x)
         consistency = losses.noise_consistency(self.H(g_y).float(), g_y, y)
-        return pseudo, consistency
+        no_noise = losses.no_noise(self.H(y).float()) if self.clean else None
+        return pseudo, consistency, no_noise
 
 
 def blend(f: torch.Tensor, bypass: torch.Tensor, gamma: float = 0.5) -> torch.Tensor:
@@ -184,8 +192,9 @@ class ISCL:
         self.scaler = grad_scaler(train.precision, self.device)
         n = self.nets
         objectives = (DiscriminatorObjective(n.D_X, n.D_Y),
-                      GeneratorObjective(n.F, n.G, n.D_X, n.D_Y, identity=train.identity_weight > 0),
-                      ExtractorObjective(n.H))
+                      GeneratorObjective(n.F, n.G, n.D_X, n.D_Y, identity=train.identity_weight > 0,
+                                         lowpass_sigma=train.lowpass_sigma if train.lowpass_weight > 0 else None),
+                      ExtractorObjective(n.H, clean=train.extractor_identity_weight > 0))
         if distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -246,13 +255,16 @@ class ISCL:
                 if cached_x is not x:  # called on its own, not right after d_step on this batch
                     with torch.no_grad():
                         h_x = n.H(x)
-                adv_noisy, adv_clean, cycle, bypass, identity, f_x = self.fg_objective(x, y, h_x.float())
+                adv_noisy, adv_clean, cycle, bypass, identity, tone, f_x = self.fg_objective(x, y, h_x.float())
             t = self.train_config
             consistency = cycle + bypass
             terms = dict(g_adv_noisy=adv_noisy, g_adv_clean=adv_clean, g_cycle=cycle, g_bypass=bypass)
             if identity is not None:
                 consistency = consistency + t.identity_weight * identity
                 terms["g_identity"] = identity
+            if tone is not None:
+                consistency = consistency + t.lowpass_weight * tone
+                terms["g_tone"] = tone
             total = adv_noisy + adv_clean + t.cycle_weight * consistency
             gnorm = self._update("fg", total, terms, self.opt_fg, [*n.F.parameters(), *n.G.parameters()])
         clamp_rho_(n.F)
@@ -270,13 +282,17 @@ class ISCL:
             with torch.no_grad():
                 f_x = n.F(x).float()
                 g_y = n.G(y).float()
-            pseudo, consistency = self.h_objective(x, y, f_x, g_y)
-        total = pseudo + consistency
-        gnorm = self._update("h", total, dict(h_pseudo_noise=pseudo, h_noise_consistency=consistency), self.opt_h,
-                             list(n.H.parameters()))
+            pseudo, consistency, no_noise = self.h_objective(x, y, f_x, g_y)
+        t = self.train_config
+        total = t.pseudo_noise_weight * pseudo + consistency
+        terms = dict(h_pseudo_noise=pseudo, h_noise_consistency=consistency)
+        if no_noise is not None:
+            total = total + t.extractor_identity_weight * no_noise
+            terms["h_no_noise"] = no_noise
+        gnorm = self._update("h", total, terms, self.opt_h, list(n.H.parameters()))
         clamp_rho_(n.H)
         _advance(self.sched_h)
-        return {"h_pseudo_noise": pseudo, "h_noise_consistency": consistency, "h_total": total, "h_grad_norm": gnorm}
+        return {**terms, "h_total": total, "h_grad_norm": gnorm}
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """One ISCL step on a noisy batch ``x`` and an unrelated clean batch ``y``, both (B, 1, P, P).

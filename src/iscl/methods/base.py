@@ -276,7 +276,8 @@ def resolve_config(config: Any = "cpu", network: dict[str, Any] | None = None, *
     Every learned baseline takes its architecture (``network``: generator width and depth,
     discriminator width) and optimiser settings (``train``: lr, decay, betas, eps, patch size,
     augmentation, init std) from the same Config as ISCL, so the comparison changes the method and
-    nothing else. Images are on [0, 1] here, so the normalization is fixed to that window.
+    nothing else. Images are on [0, 1] here, so the normalization is fixed to that window (with the
+    preset's headroom).
 
     Parameters
     ----------
@@ -295,7 +296,8 @@ def resolve_config(config: Any = "cpu", network: dict[str, Any] | None = None, *
     d = base.model_dump()
     d["network"].update(network or {})
     d["train"].update(train)
-    d["normalization"] = {"mode": "fixed", "low": 0.0, "high": 1.0}
+    # [0, 1] data: a fixed window; the preset's headroom (how far inside (-1, 1) the window's ends map) is kept
+    d["normalization"] = {"mode": "fixed", "low": 0.0, "high": 1.0, "headroom": base.normalization.headroom}
     return Config.model_validate(d)
 
 
