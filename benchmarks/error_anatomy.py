@@ -27,11 +27,9 @@ import torch  # noqa: E402
 
 from families import FAMILIES, TASKS, load_family  # noqa: E402
 from iscl.config import preset  # noqa: E402
-from iscl.data.normalize import fit_normalizer  # noqa: E402
 from iscl.metrics import psnr  # noqa: E402
 from iscl.predict import predict_image  # noqa: E402
-from iscl.training.trainer import Trainer  # noqa: E402
-from lever_study import apply_overrides  # noqa: E402
+from lever_study import apply_overrides, make_trainer  # noqa: E402
 
 BINS = (0.0, 0.001, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.999, 1.01)
 
@@ -57,10 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     split = load_family(args.family, args.task)
     cfg = apply_overrides(preset(args.preset), args.set)
     cfg.train.steps = args.steps
-    cfg.normalization = type(cfg.normalization)(mode="fixed", low=0.0, high=1.0, headroom=cfg.normalization.headroom)
-    norm = fit_normalizer([split.train_clean[:1]], cfg.normalization)
-    trainer = Trainer(cfg, [norm.forward(a) for a in split.train_clean], [norm.forward(a) for a in split.train_noisy],
-                      norm, progress=False)
+    trainer, norm = make_trainer(cfg, split)
     trainer.run()
     m = trainer.model
     c, n = split.val_clean, split.val_noisy

@@ -27,7 +27,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from families import FAMILIES, TASKS, load_family  # noqa: E402
+from families import FAMILIES, TASKS, Split, load_family  # noqa: E402
 from iscl.config import Config, preset  # noqa: E402
 from iscl.data.normalize import Normalizer, fit_normalizer  # noqa: E402
 from iscl.engine.iscl import blend  # noqa: E402
@@ -64,6 +64,16 @@ def bm3d_psnr(family: str, task: str, clean: np.ndarray, noisy: np.ndarray, cach
     return known[key]
 
 
+def make_trainer(cfg: Config, split: Split) -> tuple[Trainer, Normalizer]:
+    """A Trainer on ``split``'s training pools; the data are on [0, 1], so the window is fixed to it (with the
+    setting's headroom). ``cfg.normalization`` is set to that window."""
+    cfg.normalization = type(cfg.normalization)(mode="fixed", low=0.0, high=1.0, headroom=cfg.normalization.headroom)
+    norm = fit_normalizer([split.train_clean[:1]], cfg.normalization)
+    trainer = Trainer(cfg, [norm.forward(a) for a in split.train_clean], [norm.forward(a) for a in split.train_noisy],
+                      norm, progress=False)
+    return trainer, norm
+
+
 def score(trainer: Trainer, clean: np.ndarray, noisy: np.ndarray, gamma: float, norm: Normalizer) -> dict[str, float]:
     """Validation PSNR (on [0, 1]) of the blend (SWA F), F alone, the bypass and the blend with the raw F."""
     m = trainer.model
@@ -98,11 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     split = load_family(args.family, args.task)
     cfg = apply_overrides(preset(args.preset), args.set)
     cfg.train.steps, cfg.train.seed = args.steps, args.seed
-    # the data are on [0, 1]: a fixed window, widened by the setting's headroom
-    cfg.normalization = type(cfg.normalization)(mode="fixed", low=0.0, high=1.0, headroom=cfg.normalization.headroom)
-    norm = fit_normalizer([split.train_clean[:1]], cfg.normalization)
-    trainer = Trainer(cfg, [norm.forward(a) for a in split.train_clean], [norm.forward(a) for a in split.train_noisy],
-                      norm, progress=False)
+    trainer, norm = make_trainer(cfg, split)
     curve, seconds, stopped = [], 0.0, None
     gamma = cfg.predict.gamma
     for stop in range(args.eval_every, args.steps + args.eval_every, args.eval_every):

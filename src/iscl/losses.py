@@ -129,7 +129,7 @@ def lowpass_fidelity(source: torch.Tensor, output: torch.Tensor, sigma: float) -
 
     Zero-mean noise leaves an image's local mean unchanged, so a denoiser (F: noisy -> clean) and a noise
     model (G: clean -> noisy) should too; the adversarial terms alone let both drift in tone (on CT, F
-    darkened soft tissue by 0.09 and bone by 0.28 of the window). Not in ISCL: an option of the faster
+    darkens bright structures: ``benchmarks/error_anatomy.py``). Not in ISCL: an option of the faster
     presets (``TrainConfig.lowpass_weight``), off in ``paper``.
     """
     _same_shape("lowpass_fidelity", source, output)
