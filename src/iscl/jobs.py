@@ -85,15 +85,18 @@ class DenoiseReport:
 
 
 def _output_paths(inputs: list[Path], out: Path, save_noise_map: bool) -> list[tuple[Path, Path | None]]:
-    single_file = len(inputs) == 1 and out.suffix != "" and not out.is_dir()
+    # HDF5 addresses (file.h5:/dataset): names and suffixes are the file's
+    out_file = io.split_address(out)[0]
+    single_file = len(inputs) == 1 and out_file.suffix != "" and not out_file.is_dir()
     result = []
     seen: dict[Path, Path] = {}
     for src in inputs:
-        dst = out if single_file else out / src.name
+        dst = out if single_file else out / io.split_address(src)[0].name
         if dst in seen:
             raise IsclError(src, f"same output name as {seen[dst]} ({dst}); denoise them into different --out folders")
         seen[dst] = src
-        noise = dst.with_name(f"{dst.stem}_noise.tif") if save_noise_map else None
+        dst_file = io.split_address(dst)[0]
+        noise = dst_file.with_name(f"{dst_file.stem}_noise.tif") if save_noise_map else None
         result.append((dst, noise))
     return result
 
@@ -102,7 +105,7 @@ def denoise_files(model: Denoiser, inputs: Sequence[str | os.PathLike], out: str
                   tile: int | None = None, overlap: int = 32, stats_tiles: int = 16, output: str = "denoised",
                   save_noise_map: bool = False, overwrite: bool = False, keep_going: bool = False,
                   channel: int | None = None, progress: bool = True, memory_budget: int | None = None,
-                  scheduler: str | int | None = None, threads_per_worker: int = 1,
+                  scheduler: str | int | None = None, threads_per_worker: int = 1, pyramid: int = 0,
                   log: Callable[[str], None] | None = None) -> DenoiseReport:
     """Denoise files, directories or globs into ``out`` (a folder, or a file for a single input).
 
@@ -116,7 +119,9 @@ def denoise_files(model: Denoiser, inputs: Sequence[str | os.PathLike], out: str
 
     Zarr arrays (``*.zarr`` stores) are denoised block by block into Zarr arrays of the same name in
     ``out`` (or into ``out`` itself for one input named ``*.zarr``) by :func:`iscl.volumes.denoise_zarr`,
-    within ``memory_budget`` bytes of pixel data, optionally spread over a Dask ``scheduler``.
+    within ``memory_budget`` bytes of pixel data, optionally spread over a Dask ``scheduler``. An OME-Zarr
+    image (a group with ``multiscales`` metadata) becomes an OME-Zarr group, with ``pyramid`` more levels
+    (each halved in y and x); ``pyramid`` with any other input is an error before anything is written.
     """
     from iscl import volumes
 
@@ -126,6 +131,9 @@ def denoise_files(model: Denoiser, inputs: Sequence[str | os.PathLike], out: str
     if scheduler is not None and inputs:
         raise ValueError(f"{inputs[0]}: --scheduler spreads Zarr volumes over Dask workers; image files are "
                          "denoised in this process (leave out --scheduler, or convert the stack to Zarr)")
+    if pyramid and inputs:
+        raise IsclError(inputs[0], "--pyramid writes OME-Zarr levels; only OME-Zarr inputs get them (this "
+                                   "output is not Zarr)")
     paths = io.find_images(list(inputs)) if inputs else []
     out_path = Path(out)
     targets = _output_paths(paths, out_path, save_noise_map)
@@ -139,9 +147,10 @@ def denoise_files(model: Denoiser, inputs: Sequence[str | os.PathLike], out: str
             if channel is None and info.n_channels > 1:
                 raise ImageReadError(src, f"is a colour image ({info.n_channels} channels); pass --channel")
             for target in (dst, noise_dst):
-                if target is not None and target.exists() and not overwrite:
+                if target is not None and io.split_address(target)[0].exists() and not overwrite:
                     raise ImageWriteError(target, "exists; pass --overwrite to replace it")
-            if dst.resolve() == src.resolve():
+            # an output file replaces the whole file: never the input's, whichever dataset it names
+            if io.split_address(dst)[0].resolve() == io.split_address(src)[0].resolve():
                 raise ImageWriteError(dst, "is the input itself; choose another --out")
             jobs.append((src, dst, noise_dst, info))
         except (IsclError, ValueError, OSError) as exc:
@@ -154,7 +163,7 @@ def denoise_files(model: Denoiser, inputs: Sequence[str | os.PathLike], out: str
         _denoise_volumes(model, volume_inputs, Path(out), single=not inputs and len(volume_inputs) == 1,
                          output=output, tile=tile, overlap=overlap, stats_tiles=stats_tiles, overwrite=overwrite,
                          keep_going=keep_going, progress=progress, memory_budget=memory_budget, scheduler=scheduler,
-                         threads_per_worker=threads_per_worker, report=report, log=log)
+                         threads_per_worker=threads_per_worker, pyramid=pyramid, report=report, log=log)
     outputs = (output, "noise") if save_noise_map else (output,)
     bar = tqdm(jobs, disable=not progress, unit="file", desc="denoise", dynamic_ncols=True)
     for src, dst, noise_dst, _ in bar:
@@ -182,14 +191,15 @@ def _run_job(report: DenoiseReport, keep_going: bool, log: Callable[[str], None]
 def _denoise_volumes(model: Denoiser, sources: list[Path], out: Path, *, single: bool, output: str,
                      tile: int | None, overlap: int, stats_tiles: int, overwrite: bool, keep_going: bool,
                      progress: bool, memory_budget: int | None, scheduler: str | int | None,
-                     threads_per_worker: int, report: DenoiseReport, log: Callable[[str], None] | None) -> None:
+                     threads_per_worker: int, pyramid: int, report: DenoiseReport,
+                     log: Callable[[str], None] | None) -> None:
     from iscl import volumes
 
     targets = [out if single and out.suffix == ".zarr" else out / src.name for src in sources]
     checked = []
     for src, dst in zip(sources, targets):  # check everything before writing anything
         try:
-            volumes.open_volume(src)
+            volumes.check_pyramid(volumes.open_volume(src), pyramid, src)
             if dst.exists() and not overwrite:
                 raise ImageWriteError(dst, "exists; pass --overwrite to replace it")
             checked.append((src, dst))
@@ -207,7 +217,7 @@ def _denoise_volumes(model: Denoiser, sources: list[Path], out: Path, *, single:
             tile_size = _auto_tile(tile, *volumes.open_volume(src).shape[-2:])
             volumes.denoise_zarr(model, src, dst, output=output, tile=tile_size, overlap=overlap,
                                  stats_tiles=stats_tiles, overwrite=overwrite, scheduler=scheduler,
-                                 threads_per_worker=threads_per_worker, on_block=on_block,
+                                 threads_per_worker=threads_per_worker, on_block=on_block, pyramid=pyramid,
                                  memory_budget=memory_budget or volumes.DEFAULT_MEMORY_BUDGET)
 
     for src, dst in checked:

@@ -642,7 +642,8 @@ def test_find_images(tmp_path):
     assert [p.name for p in got] == ["img2.tif", "img10.tif", "b.png"]
     assert find_images(str(d / "sub")) == [d / "sub" / "deep.tif"]
     assert find_images([str(d / "**" / "*.tif")])[-1] == d / "sub" / "deep.tif"
-    assert set(SUPPORTED_SUFFIXES) == {".tif", ".tiff", ".png", ".npy", ".dcm"}
+    assert set(SUPPORTED_SUFFIXES) == {".tif", ".tiff", ".png", ".npy", ".dcm", ".mrc", ".mrcs", ".st", ".rec", ".ali",
+                                       ".map", ".h5", ".hdf5", ".hdf", ".nii", ".nii.gz"}
 
 
 @pytest.mark.parametrize(
@@ -787,7 +788,7 @@ def test_every_format_is_registered_once_and_sniffed():
     from iscl.data import formats
 
     names = [f.name for f in formats.all_formats()]
-    assert names == ["tiff", "png", "npy", "dicom", "zarr"]
+    assert names == ["tiff", "png", "npy", "dicom", "zarr", "mrc", "hdf5", "nifti"]
     assert formats.by_suffix(".TIFF").name == "tiff" and formats.by_suffix(".jpg") is None
     assert formats.sniff(b"\x89PNG\r\n\x1a\n" + bytes(124)).name == "png"
     assert formats.sniff(b"II*\x00" + bytes(124) + b"DICM").name == "dicom"  # the DICM marker decides

@@ -10,6 +10,9 @@ Formats
   dependency): pixels are returned in modality units (Hounsfield units for CT) as float32.
 * Zarr (``*.zarr`` directories, read only), via :mod:`zarr` (optional dependency); large volumes are
   denoised by :mod:`iscl.volumes`.
+* HDF5 (``.h5``, ``.hdf5``, ``.hdf``), via :mod:`h5py` (optional): one dataset, addressed as
+  ``file.h5:/group/dataset`` (see :func:`split_address`); a file with one 2-D/3-D dataset also by its name.
+* NIfTI (``.nii``, ``.nii.gz``), via :mod:`nibabel` (optional): 2-D and 3-D images, slices along z.
 
 Each format is one module of :mod:`iscl.data.formats` behind a small registry; this module is the
 public facade and dispatches through it (it never names a format).
@@ -70,6 +73,7 @@ __all__ = [
     "open_slices",
     "probe",
     "read_image",
+    "split_address",
     "write_image",
 ]
 
@@ -83,6 +87,31 @@ SUPPORTED_SUFFIXES: tuple[str, ...] = formats.file_suffixes()
 _BY_CONTENT = " / ".join(f.title for f in formats.all_formats() if f.trust_content)
 
 
+def _suffix(path: Path) -> str:
+    """The registered suffix ``path``'s name ends with, the longest (``.nii.gz`` whole), else its last suffix."""
+    name = path.name.lower()
+    known = [s for f in formats.all_formats() for s in f.suffixes if name.endswith(s) and name != s]
+    return max(known, key=len) if known else path.suffix
+
+
+def split_address(path: PathLike) -> tuple[Path, str | None]:
+    """Split ``file.h5:/group/dataset`` into the file and the path inside it.
+
+    Only for formats that hold several arrays (``Format.inner_paths``): the first ``:`` after a name
+    ending in such a format's suffix starts the inner path (``file.h5:`` alone gives ``'/'``). Any other
+    path is ``(Path(path), None)``.
+
+    >>> split_address("em/vol.h5:/raw/data")
+    (PosixPath('em/vol.h5'), '/raw/data')
+    """
+    text = os.fspath(path)
+    for m in re.finditer(":", text):
+        fmt = formats.by_suffix(_suffix(Path(text[: m.start()])))
+        if fmt is not None and fmt.inner_paths:
+            return Path(text[: m.start()]), "/" + text[m.end():].strip("/")
+    return Path(text), None
+
+
 # --------------------------------------------------------------------------------------------------
 # Format detection
 # --------------------------------------------------------------------------------------------------
@@ -93,8 +122,8 @@ def is_supported(path: PathLike) -> bool:
 
     Cheap: at most a few bytes are read, only for files whose suffix is not in ``SUPPORTED_SUFFIXES``.
     """
-    p = Path(path)
-    if p.suffix.lower() in SUPPORTED_SUFFIXES:
+    p = split_address(path)[0]
+    if _suffix(p).lower() in SUPPORTED_SUFFIXES:
         return True
     if not p.is_file():
         return False
@@ -105,8 +134,9 @@ def is_supported(path: PathLike) -> bool:
     return formats.sniff(head, trusted_only=True) is not None
 
 
-def _detect_format(path: Path) -> tuple[Format, int]:
+def _detect_format(address: Path) -> tuple[Format, int]:
     """Return (format, file size) after checking that the name and the content agree."""
+    path = split_address(address)[0]  # the file; the format's functions get the whole address
     if path.is_dir():
         found = formats.detect_directory(path)
         if found is not None:
@@ -114,7 +144,7 @@ def _detect_format(path: Path) -> tuple[Format, int]:
     size = _stat_file(path)
     head = _read_head(path, formats.HEAD_BYTES)
     content = formats.sniff(head)
-    expected = formats.by_suffix(path.suffix)
+    expected = formats.by_suffix(_suffix(path))
     if expected is not None and expected.directory:
         expected = None
     if content is not None and content.trust_content:
@@ -291,7 +321,12 @@ def find_images(inputs: Iterable[PathLike] | PathLike) -> list[Path]:
     for item in inputs:
         text = os.path.expanduser(os.fspath(item))
         p = Path(text)
-        if p.is_dir():
+        file, inner = split_address(text)
+        if inner is not None:  # file.h5:/dataset: the file must exist, the dataset is checked on reading
+            if not file.is_file():
+                raise ImageReadError(file, "file not found")
+            add(p)
+        elif p.is_dir():
             try:
                 entries = [e for e in p.iterdir() if not e.name.startswith(".") and e.is_file()]
             except OSError as exc:
@@ -327,7 +362,7 @@ def find_images(inputs: Iterable[PathLike] | PathLike) -> list[Path]:
 
 
 def _output_format(path: Path, like: ImageInfo | None) -> Format:
-    fmt = formats.by_suffix(path.suffix)
+    fmt = formats.by_suffix(_suffix(split_address(path)[0]))
     if fmt is None and like is not None:
         fmt = formats.by_name(like.format)  # e.g. DICOM files named without suffix
     if fmt is None:
@@ -388,6 +423,10 @@ def write_image(
           elements are kept except that a new SOPInstanceUID (and MediaStorageSOPInstanceUID) is
           generated, so the result is a distinct instance; Smallest/LargestImagePixelValue are
           updated if present; a compressed transfer syntax becomes Explicit VR Little Endian.
+        * HDF5: the dataset path (unless the output address names one), the dataset's attributes
+          and lossless filters; the output file holds that one dataset, one slice per chunk.
+        * NIfTI: the header as stored (affine, pixdim, descrip, extensions, ...); scaled sources
+          are stored back through their inverse scaling in the stored dtype.
     overwrite : bool
         Replace an existing file. Otherwise an existing ``path`` is an error.
 
@@ -414,7 +453,7 @@ def write_image(
     fmt = _output_format(p, like)
     arr = _check_array_for_write(p, array, fmt)
     write = fmt.encode(p, arr, like)  # validate and convert before touching the disk
-    with _atomic_output(p, overwrite) as f:
+    with _atomic_output(split_address(p)[0], overwrite) as f:
         write(f)
     return p
 
@@ -473,6 +512,8 @@ def create_output_like(
         raise ImageWriteError(p, f"cannot write pixel type {dt}; need integer or floating-point data")
     if any(n <= 0 for n in shape):
         raise ImageWriteError(p, f"cannot write an empty image (shape {shape})")
+    if fmt.open_writer is not None:  # written through the format's library (HDF5 chunks)
+        return fmt.open_writer(p, shape, dt, like, overwrite)
     if fmt.stack_header is not None:
         return _DiskStackWriter(p, shape, dt, overwrite, fmt, like)
     return _MemoryStackWriter(p, shape, dt, overwrite, like, write_image)

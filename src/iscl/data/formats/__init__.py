@@ -69,6 +69,12 @@ class Format:
     detect_dir : (path) -> bool, optional
     open_array : (path) -> array-like, optional
         Directory formats: the stored array, opened read-only for chunked access.
+    inner_paths : bool
+        The file holds several arrays, addressed as ``file<suffix>:/inner/path`` (HDF5 datasets); every
+        function above then receives the whole address as ``path`` (see :func:`iscl.data.io.split_address`).
+    open_writer : (path, shape, dtype, like, overwrite) -> StackWriter, optional
+        A format's own slice-by-slice writer (HDF5 writes chunks through its library); takes precedence
+        over ``stack_header`` in :func:`~iscl.data.io.create_output_like`.
     """
 
     name: str
@@ -86,6 +92,8 @@ class Format:
     directory: bool = False
     detect_dir: Callable[[Path], bool] | None = None
     open_array: Callable[[Path], Any] | None = None
+    inner_paths: bool = False
+    open_writer: Callable[[Path, tuple[int, ...], np.dtype, ImageInfo | None, bool], Any] | None = None
 
 
 _FORMATS: dict[str, Format] = {}
@@ -140,4 +148,4 @@ def detect_directory(path: Path) -> Format | None:
 
 
 # Registration order is the order of SUPPORTED_SUFFIXES and of messages listing them.
-from . import tiff, png, npy, dicom, zarr  # noqa: E402, F401, I001
+from . import tiff, png, npy, dicom, zarr, mrc, hdf5, nifti  # noqa: E402, F401, I001

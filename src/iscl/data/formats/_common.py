@@ -35,7 +35,7 @@ class ImageInfo:
     ----------
     path : pathlib.Path
         The file, as given by the caller.
-    format : {'tiff', 'png', 'npy', 'dicom', 'zarr'}
+    format : {'tiff', 'png', 'npy', 'dicom', 'zarr', 'mrc', 'hdf5', 'nifti'}
         The registered format's name (:mod:`iscl.data.formats`), detected from the content (the name
         must agree, except for DICOM; Zarr is a directory).
     shape : tuple of int
@@ -62,6 +62,17 @@ class ImageInfo:
           the stored values, e.g. int16), ``bits_stored``, ``rescale_slope`` and
           ``rescale_intercept`` (float64 arrays, one value per frame), ``transfer_syntax`` (str).
         * Zarr: ``chunks`` (tuple), ``zarr_format`` (2, 3 or None), ``attrs`` (dict).
+        * MRC: ``mode`` (int, 0/1/2/6/12), ``voxel_size`` and ``origin`` ((x, y, z) floats, Å),
+          ``labels`` (list of str), ``space_group`` (int), ``exttyp`` (str), ``byteorder`` ('<' or
+          '>'), ``header`` (the 1024 header bytes) and ``extended_header`` (bytes), which a result
+          written ``like`` it starts from.
+        * HDF5: ``dataset`` (str, its absolute path in the file), ``attrs`` (dict: the dataset's
+          attributes, references into the file left out), ``chunks`` (tuple or None), ``compression``
+          (str or None), ``compression_opts``, ``shuffle`` and ``fletcher32`` (bool).
+        * NIfTI: ``header`` (the nibabel Nifti1Header/Nifti2Header as stored), ``affine`` ((4, 4)
+          float64, the header's best affine, voxel (i, j, k) = (W, H, Z) to world), ``stored_dtype``
+          (numpy dtype in the file), ``scl_slope`` and ``scl_inter`` (float, or None when the values
+          are not scaled), ``compressed`` (bool, ``.nii.gz``).
     """
 
     path: Path
