@@ -22,13 +22,14 @@ LAYERS = [
     ("nn", "losses", "precision", "runtime"),  # networks, loss functions, mixed precision, allocator
     ("engine",),  # the ISCL training step, optimizers, schedules, SWA, process groups
     ("predict",),  # whole-image and tiled prediction
-    ("training",),  # the training loop, checkpoints, plots
+    ("training", "zoo"),  # the training loop, checkpoints, plots; reading iscl's model-zoo packages
     ("api",),  # Denoiser, train, load
     ("simulate",),  # simulated EM and CT data
     ("methods",),  # the baselines and the method registry
     ("evaluate",),  # benchmark, cross-validation, reports
     ("volumes",),  # Zarr/Dask volumes
     ("jobs",),  # file-level jobs
+    ("exporters",),  # BioImage Model Zoo, TorchScript and ONNX export
     ("demo",),
     ("cli",),
     ("__main__",),  # python -m iscl

@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING, Any
 
 from iscl._version import __version__
 
-__all__ = ["Config", "load", "train", "denoise", "__version__"]
+__all__ = ["Config", "load", "train", "denoise", "export", "__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from iscl.api import denoise, load, train
     from iscl.config import Config
+    from iscl.exporters import export
 
 
 def __getattr__(name: str) -> Any:
@@ -22,6 +23,10 @@ def __getattr__(name: str) -> Any:
         from iscl import api
 
         return getattr(api, name)
+    if name == "export":
+        from iscl.exporters import export
+
+        return export
     if name == "Config":
         from iscl.config import Config
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from iscl import zoo
 from iscl.config import Config, NetworkConfig, preset
 from iscl.data.finite import require_finite
 from iscl.data.normalize import Normalizer, fit_normalizer
@@ -225,15 +226,23 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu", *, force: 
     A run directory gives its best-validation model (``best/``, kept when training had validation
     pairs) when it has one, else its last checkpoint (``checkpoint/``); name the checkpoint folder to
     pick one. A model saved as collapsed (training ended with F constant or the discriminators
-    winning, see :class:`~iscl.training.trainer.Trainer`) is refused unless ``force``.
+    winning, see :class:`~iscl.training.trainer.Trainer`) is refused unless ``force``. A BioImage
+    Model Zoo package written by ``iscl export --format bmz`` (the ``.zip``, or the folder it was
+    unpacked into) gives the exported model (see :mod:`iscl.zoo`).
     """
-    source = ckpt.resolve_checkpoint(path, prefer_best=True)
-    config, normalizer, info = ckpt.read_checkpoint_config(source)
+    weights = None
+    if zoo.is_package(path):
+        source = Path(path)
+        config, normalizer, info, weights = zoo.read_package(source)
+    else:
+        source = ckpt.resolve_checkpoint(path, prefer_best=True)
+        config, normalizer, info = ckpt.read_checkpoint_config(source)
     if info.get("collapsed") and not force:
         raise ckpt.CheckpointError(
             f"{source}: this model collapsed during training ({info['collapsed']}); its output is not a denoised "
             "image. Retrain (a lower --lr, or --preset fast with its collapse guard), or pass --force to use it")
-    weights = ckpt.load_weights(source)
+    if weights is None:
+        weights = ckpt.load_weights(source)
     return Denoiser.from_weights(config, normalizer, weights, info, device, source=str(source))
 
 

@@ -38,7 +38,8 @@ def _run(fn: Callable[[], Any]) -> Any:
         if _state["debug"]:
             raise
         _fail("interrupted; nothing was left half-written", 130)
-    except (IsclError, CheckpointError, NonFiniteLossError, ValueError, TypeError, OSError) as exc:
+    # ImportError: an optional format/export library is missing; its message names the pip extra
+    except (IsclError, CheckpointError, NonFiniteLossError, ValueError, TypeError, OSError, ImportError) as exc:
         if _state["debug"]:
             raise
         text = " ".join(str(exc).split()) or type(exc).__name__
@@ -154,7 +155,7 @@ def train(
 # -------------------------------------------------------------------------------------------- denoise
 @app.command()
 def denoise(
-    run: Annotated[Path, typer.Argument(help="run folder or checkpoint folder")],
+    run: Annotated[Path, typer.Argument(help="run folder, checkpoint folder or model package (.zip, iscl export)")],
     inputs: Annotated[list[str], typer.Argument(help="images: files, folders or globs")],
     out: Annotated[Path, typer.Option("--out", help="output folder (or file, for one input)")],
     tile: Annotated[int | None, typer.Option(
@@ -173,6 +174,9 @@ def denoise(
         "--scheduler", help="Zarr volumes on Dask: N local workers, or a scheduler address tcp://host:8786")] = None,
     threads_per_worker: Annotated[int, typer.Option(
         "--threads-per-worker", min=1, help="torch threads per Dask worker")] = 1,
+    pyramid: Annotated[int, typer.Option(
+        "--pyramid", min=0, help="OME-Zarr inputs: N more output levels, each the 2x2 mean (y, x) of the one "
+        "above")] = 0,
     save_noise_map: Annotated[bool, typer.Option("--save-noise-map", help="also write <name>_noise.tif")] = False,
     channel: Annotated[int | None, typer.Option("--channel", min=0)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace existing outputs")] = False,
@@ -211,13 +215,48 @@ def denoise(
                                save_noise_map=save_noise_map, overwrite=overwrite, keep_going=keep_going,
                                channel=channel, progress=not quiet,
                                memory_budget=parse_bytes(memory_budget) if memory_budget else None,
-                               scheduler=scheduler, threads_per_worker=threads_per_worker)
+                               scheduler=scheduler, threads_per_worker=threads_per_worker, pyramid=pyramid)
         for _src, err in report.failed:
             typer.echo(f"iscl: error: {err}", err=True)
         typer.echo(f"denoised {len(report.written)} file(s) into {out}" +
                    (f"; {len(report.failed)} failed" if report.failed else ""))
         if report.failed:
             raise typer.Exit(1)
+
+    _run(body)
+
+
+# --------------------------------------------------------------------------------------------- export
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="run folder or checkpoint folder")],
+    format_: Annotated[str, typer.Option(
+        "--format", help="bmz (BioImage Model Zoo package, .zip), torchscript (.pt) or onnx (.onnx)")],
+    out: Annotated[Path, typer.Option("--out", help="the file to write")],
+    sample: Annotated[Path | None, typer.Option(
+        "--sample", help="a noisy image (its middle slice for a stack): the package's test image and cover, and "
+        "the image every export is checked on (default: a synthetic one in the training intensity window)")] = None,
+    gamma: Annotated[float | None, typer.Option("--gamma", min=0.0, max=1.0, help="blend of F and x-H(x)")] = None,
+    weights: Annotated[str | None, typer.Option("--weights", help="swa (averaged F) or raw")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="bmz: the model's name in the zoo")] = None,
+    force: Annotated[bool, typer.Option("--force", help="export a model that training marked as collapsed")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing --out")] = False,
+) -> None:
+    """Export a trained model: a BioImage Model Zoo package (Fiji/deepImageJ, ilastik, QuPath, napari),
+    TorchScript or ONNX, checked against PyTorch before it is written.
+
+    TorchScript and ONNX take and return (1, 1, H, W) float32 on [-1, 1] (apply the run's normalizer
+    yourself); the zoo package works in image units. `iscl denoise` and `iscl.load` accept the package."""
+
+    def body():
+        from iscl.exporters import export as export_model
+
+        path = export_model(run, format_, out, overwrite=overwrite, sample=sample, gamma=gamma, weights=weights,
+                            name=name, force=force)
+        note = "" if format_ == "bmz" else (
+            "; it takes and returns (1, 1, H, W) float32 on [-1, 1]: the run's normalizer is stored in it as "
+            "iscl_config.json")
+        typer.echo(f"exported {format_} model to {path}{note}")
 
     _run(body)
 
