@@ -29,6 +29,7 @@ from iscl.data.normalize import Normalizer, fit_normalizer
 from iscl.nn.build import make_extractor, make_generator
 from iscl.predict import predict_image
 from iscl.training import checkpoint as ckpt
+from iscl.training import tensorboard as tb
 from iscl.training.trainer import Trainer
 
 __all__ = ["Denoiser", "train", "load", "denoise", "Output"]
@@ -176,7 +177,8 @@ def train(clean: np.ndarray | Sequence[np.ndarray], noisy: np.ndarray | Sequence
           device: str | torch.device = "cpu", resume: bool = False, progress: bool = True,
           stop_at: int | None = None,
           validation: tuple[Sequence[np.ndarray], Sequence[np.ndarray]] | None = None,
-          on_step: Callable[[Trainer, dict], None] | None = None) -> Denoiser:
+          on_step: Callable[[Trainer, dict], None] | None = None, tensorboard: bool | None = None,
+          tensorboard_every: int | None = None) -> Denoiser:
     """Train ISCL on unpaired clean and noisy images.
 
     Parameters
@@ -191,6 +193,10 @@ def train(clean: np.ndarray | Sequence[np.ndarray], noisy: np.ndarray | Sequence
     validation : optional paired (clean, noisy) images (same scenes, same units as training); their
         PSNR is logged during training and the best model kept in ``run_dir/best``.
     on_step : called as ``on_step(trainer, record)`` after every training step.
+    tensorboard : write ``run_dir/tb/`` (every scalar of ``log.jsonl``, and a preview of a fixed crop:
+        noisy | F(x) | x − H(x) | blend, | clean with validation pairs); None: when ``run_dir`` is given
+        and the tensorboard package is installed (see :mod:`iscl.training.tensorboard`).
+    tensorboard_every : a preview every this many steps (None: every validation period, T/20).
 
     Returns
     -------
@@ -211,10 +217,31 @@ def train(clean: np.ndarray | Sequence[np.ndarray], noisy: np.ndarray | Sequence
             raise ValueError("validation: clean and noisy images must be pairs of the same scenes and shapes; got "
                              f"{len(vc)} clean and {len(vn)} noisy")
         val = ([normalizer.forward(a) for a in vc], [normalizer.forward(a) for a in vn])
-    trainer = Trainer(config, [normalizer.forward(a) for a in clean_s], [normalizer.forward(a) for a in noisy_s],
-                      normalizer, run_dir=run_dir, device=device, resume=resume, progress=progress, validation=val,
-                      on_step=on_step)
-    m = trainer.run(stop_at=stop_at)
+    noisy_n = [normalizer.forward(a) for a in noisy_s]
+    if tensorboard is None:
+        tensorboard = run_dir is not None and tb.available()
+    if tensorboard and run_dir is None:
+        raise ValueError("tensorboard=True needs a run_dir to write run_dir/tb into")
+    writer = None
+    if tensorboard:  # the crop: the first validation pair, else the first noisy training image
+        source, clean_ref = (val[1][0], val[0][0]) if val is not None else (noisy_n[0], None)
+        window = tb.preview_crop(source)
+        writer = tb.TensorBoardWriter(Path(run_dir) / tb.TB_DIR, source[window],
+                                      None if clean_ref is None else clean_ref[window], every=tensorboard_every)
+    callbacks = [c for c in (on_step, writer) if c is not None]
+
+    def each_step(trainer: Trainer, record: dict) -> None:
+        for callback in callbacks:
+            callback(trainer, record)
+
+    trainer = Trainer(config, [normalizer.forward(a) for a in clean_s], noisy_n, normalizer, run_dir=run_dir,
+                      device=device, resume=resume, progress=progress, validation=val,
+                      on_step=each_step if callbacks else None)
+    try:
+        m = trainer.run(stop_at=stop_at)
+    finally:
+        if writer is not None:
+            writer.close()
     model = Denoiser(config, normalizer, m.prediction_F("swa"), m.nets.F, m.nets.H, trainer.info(), m.device)
     model.trainer = trainer
     return model

@@ -102,6 +102,11 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace a run already in --out")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress bar")] = False,
+    tensorboard: Annotated[bool | None, typer.Option(
+        "--tensorboard/--no-tensorboard", help="write OUT/tb/ for `tensorboard --logdir OUT/tb`: every logged scalar "
+        "and a preview of a fixed crop (default: on when the tensorboard package is installed)")] = None,
+    tensorboard_every: Annotated[int | None, typer.Option(
+        "--tensorboard-every", min=1, help="a preview every N steps (default: every validation period, T/20)")] = None,
 ) -> None:
     """Train ISCL on unpaired clean and noisy images."""
 
@@ -141,7 +146,8 @@ def train(
         dist_info, dev = distributed.init_from_env(device)  # torchrun: one process per GPU (or CPU rank)
         try:
             model = train_files(clean, noisy, config, out, device=dev, resume=resume, progress=not quiet,
-                                val_clean=val_clean, val_noisy=val_noisy, channel=channel, overwrite=overwrite)
+                                val_clean=val_clean, val_noisy=val_noisy, channel=channel, overwrite=overwrite,
+                                tensorboard=tensorboard, tensorboard_every=tensorboard_every)
         finally:
             distributed.shutdown()
         if dist_info.is_main:

@@ -7,6 +7,7 @@ tested without the command line.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -45,13 +46,16 @@ def train_files(clean: Sequence[str | os.PathLike], noisy: Sequence[str | os.Pat
                 run_dir: str | os.PathLike, *, device: str = "cpu", resume: bool = False, progress: bool = True,
                 val_clean: Sequence[str | os.PathLike] | None = None,
                 val_noisy: Sequence[str | os.PathLike] | None = None, channel: int | None = None,
-                overwrite: bool = False) -> Denoiser:
-    """Train ISCL from image files and write ``run_dir`` (checkpoint, ``log.jsonl``, ``loss.png``).
+                overwrite: bool = False, tensorboard: bool | None = None,
+                tensorboard_every: int | None = None) -> Denoiser:
+    """Train ISCL from image files and write ``run_dir`` (checkpoint, ``log.jsonl``, ``loss.png``, and
+    ``tb/`` with ``tensorboard``: see :func:`iscl.api.train`).
 
     Refuses a ``run_dir`` that already holds a run unless ``resume`` or ``overwrite`` is given.
     """
     from iscl.training.plots import plot_losses
     from iscl.training.runlog import LOG_FILE
+    from iscl.training.tensorboard import TB_DIR
     from iscl.training.trainer import CHECKPOINT_DIR
 
     run = Path(run_dir)
@@ -69,8 +73,10 @@ def train_files(clean: Sequence[str | os.PathLike], noisy: Sequence[str | os.Pat
     if overwrite and not resume and run.exists():
         for name in (LOG_FILE, "loss.png"):
             (run / name).unlink(missing_ok=True)
+        shutil.rmtree(run / TB_DIR, ignore_errors=True)  # the old run's curves would mix with the new one's
     model = train_arrays(clean_images, noisy_images, config, run_dir=run, device=device, resume=resume,
-                         progress=progress, validation=validation)
+                         progress=progress, validation=validation, tensorboard=tensorboard,
+                         tensorboard_every=tensorboard_every)
     if model.trainer is None or model.trainer.dist.is_main:
         plot_losses(run / LOG_FILE, run / "loss.png")
     return model

@@ -324,7 +324,7 @@ def run_crossval(clean_images: Any, noisy_images: Any, *, k: int = 4, config: An
                 f"noisy images (unpaired), testing on {len(fold.test)}")
             t0 = time.perf_counter()
             model = train([clean[i] for i in fold.train_clean], [noisy[i] for i in fold.train_noisy], cfg,
-                          run_dir=fdir, device=device, progress=progress)
+                          run_dir=fdir, device=device, progress=progress, tensorboard=False)
             train_s = time.perf_counter() - t0
             predict = _float_predict(model)
             rows = _score_pairs(predict, clean, noisy, fold.test, names, dr)

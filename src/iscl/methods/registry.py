@@ -90,7 +90,9 @@ class ISCLMethod(MethodBase):
 
         with tempfile.TemporaryDirectory(prefix="iscl-run-") as tmp:
             run_dir = Path(self.run_dir) if self.run_dir is not None else Path(tmp)
-            self.model = train(clean, noisy, cfg, run_dir=run_dir, device=device, progress=progress, on_step=on_step)
+            # no TensorBoard here: benchmark cells are compared on time, and nobody watches a temporary run
+            self.model = train(clean, noisy, cfg, run_dir=run_dir, device=device, progress=progress, on_step=on_step,
+                               tensorboard=False)
             self.history = read_log(run_dir / LOG_FILE)
         self.model.trainer = self._trainer = None  # the patch pools and optimiser state are not needed now
 
