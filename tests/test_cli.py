@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 import iscl
 from iscl.cli import app
 from iscl.errors import ImageReadError
+from iscl.training import tensorboard as tb
 from synthetic import shapes_image, structured_noise
 
 runner = CliRunner()
@@ -307,11 +308,19 @@ def test_file_size_limit_during_denoise_and_checkpointing(model_dir, tmp_path):
     config.write_text(json.dumps(json.loads((model_dir / "checkpoint" / "config.json").read_text())["config"]))
     cmd = [sys.executable, "-m", "iscl", "train", "--config", str(config), "--clean", str(data / "clean"),
            "--noisy", str(data / "noisy"), "--out", str(tmp_path / "run"), "--quiet"]
-    r = subprocess.run(cmd, preexec_fn=limit, capture_output=True, text=True, env=env, timeout=300)
+    r = subprocess.run(cmd + ["--no-tensorboard"], preexec_fn=limit, capture_output=True, text=True, env=env,
+                       timeout=300)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "could not write the checkpoint" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run" / "checkpoint").exists()
     assert [p.name for p in (tmp_path / "run").iterdir()] == ["log.jsonl"]
+    if tb.available():  # TensorBoard's event file hits the limit first: one warning line, then the same error
+        r = subprocess.run(cmd + ["--tensorboard", "--overwrite"], preexec_fn=limit, capture_output=True, text=True,
+                           env=env, timeout=300)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 2 and "TensorBoard output stops" in lines[0] and "File too large" in lines[0]
+        assert "could not write the checkpoint" in lines[1]
 
 
 def test_train_time_budget_and_config_file_flags(tmp_path):

@@ -392,8 +392,12 @@ def demo(
 
 def main() -> None:
     """Console entry point."""
+    import warnings
+
     from iscl.runtime import retain_freed_memory
 
+    # our warnings are sentences for the user: one line each, without Python's source location
+    warnings.formatwarning = lambda message, category, *_a, **_k: f"iscl: warning: {message}\n"
     retain_freed_memory()
     app(prog_name="iscl")
 

@@ -81,7 +81,9 @@ def test_default_follows_run_dir_and_flag(tmp_path, tiny_pair, tiny_config):
 
 
 def test_missing_package_names_the_extra(tmp_path, tiny_pair, tiny_config, monkeypatch):
-    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
+    for name in ("tensorboard", "tensorboard.summary.writer.record_writer", "torch.utils.tensorboard",
+                 "torch.utils.tensorboard.summary"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if tensorboard were not installed
     with pytest.raises(ImportError, match=r"pip install 'iscl\[tensorboard\]'"):
         tb.TensorBoardWriter(tmp_path / "tb", np.zeros((8, 8), np.float32))
 
