@@ -16,6 +16,10 @@ Usage::
 
     .venv/bin/python benchmarks/volume_memory.py --format zarr --slices 64 --size 1024 --budget 64M --json
     .venv/bin/python benchmarks/volume_memory.py --format tiff --slices 64 --size 1024 --model RUN --json
+    .venv/bin/python benchmarks/volume_memory.py --format zarr --slices 64 --size 256 --budget 4M --axis all --check
+
+``--axis y|x|all`` denoises the (Z, W) / (Z, H) planes or all three orientations
+(``Denoiser.denoise_volume``); ``--check`` then compares with ``denoise_volume`` on the whole stack in memory.
 """
 
 from __future__ import annotations
@@ -72,13 +76,14 @@ def _model(path: str | None, preset_name: str):
     return Denoiser(cfg, Normalizer(low=0, high=1), F, F_raw, H)
 
 
-def _write_stack(path: Path, fmt: str, slices: int, size: int, chunk: int) -> int:
+def _write_stack(path: Path, fmt: str, slices: int, size: int, chunk: int, chunk_yx: int | None = None) -> int:
     """A smooth random stack on [0, 1], written slice by slice (never whole in memory)."""
     rng = np.random.default_rng(0)
     if fmt == "zarr":
         import zarr
 
-        arr = zarr.open_array(str(path), mode="w", shape=(slices, size, size), chunks=(chunk, size, size),
+        side = chunk_yx or size
+        arr = zarr.open_array(str(path), mode="w", shape=(slices, size, size), chunks=(chunk, side, side),
                               dtype="float32")
         for z0 in range(0, slices, chunk):
             arr[z0 : z0 + chunk] = rng.random((min(chunk, slices - z0), size, size), dtype=np.float32)
@@ -107,11 +112,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slices", type=int, default=64)
     p.add_argument("--size", type=int, default=1024)
     p.add_argument("--chunk", type=int, default=4, help="Zarr chunk depth along Z")
+    p.add_argument("--chunk-yx", type=int, default=None, help="Zarr chunk side in y and x (default: whole slices)")
     p.add_argument("--budget", default="64M", help="memory budget (Zarr block planning)")
     p.add_argument("--model", default=None, help="run/checkpoint; default: random networks of --preset")
     p.add_argument("--preset", default="cpu")
     p.add_argument("--scheduler", default=None, help="Dask: N local workers or an address")
-    p.add_argument("--check", action="store_true", help="compare with slice-by-slice Denoiser.predict")
+    p.add_argument("--check", action="store_true", help="compare with slice-by-slice Denoiser.predict (--axis z) "
+                   "or Denoiser.denoise_volume on the whole stack in memory")
+    p.add_argument("--axis", default="z", choices=["z", "y", "x", "all"], help="orientation(s) of the planes")
     p.add_argument("--workdir", default=None)
     p.add_argument("--no-retain", action="store_true", help="leave glibc's malloc settings alone")
     p.add_argument("--json", action="store_true")
@@ -131,12 +139,13 @@ def main(argv: list[str] | None = None) -> int:
         suffix = ".zarr" if args.format == "zarr" else ".tif"
         src, dst = Path(tmp) / f"stack{suffix}", Path(tmp) / f"out{suffix}"
         small, small_dst = Path(tmp) / f"small{suffix}", Path(tmp) / f"small-out{suffix}"
-        nbytes = _write_stack(src, args.format, args.slices, args.size, args.chunk)
+        nbytes = _write_stack(src, args.format, args.slices, args.size, args.chunk, args.chunk_yx)
         # the warm-up stack: two blocks of the big job's depth (TIFF: two chunks' worth of slices)
         depth = args.chunk
         if args.format == "zarr":
             depth = plan_blocks((args.slices,), args.chunk, args.size * args.size * 12, parse_bytes(args.budget))[0][1]
-        small_bytes = _write_stack(small, args.format, min(2 * depth, args.slices), args.size, args.chunk)
+        small_bytes = _write_stack(small, args.format, min(max(2 * depth, 4), args.slices), args.size, args.chunk,
+                                   args.chunk_yx)
 
         def job(source: Path, target: Path) -> tuple[float, float, float]:
             before_anon = _status_kib("RssAnon")
@@ -145,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             with AnonPeak() as peak:
                 denoise_files(model, [source], target, progress=False, memory_budget=parse_bytes(args.budget),
-                              scheduler=args.scheduler)
+                              scheduler=args.scheduler, axis=args.axis)
             return (time.perf_counter() - t0, (peak.peak - before_anon) / 1024,
                     (_status_kib("VmHWM") - before_rss) / 1024)
 
@@ -155,12 +164,20 @@ def main(argv: list[str] | None = None) -> int:
         _, warm_anon, _ = job(small, small_dst)
         seconds, anon, rss = job(src, dst)
         result = {
-            "format": args.format, "shape": [args.slices, args.size, args.size], "stack_mib": nbytes / 2**20,
+            "format": args.format, "axis": args.axis, "shape": [args.slices, args.size, args.size],
+            "stack_mib": nbytes / 2**20,
+            "chunks": [args.chunk, args.chunk_yx or args.size, args.chunk_yx or args.size] if args.format == "zarr"
+            else None,
             "budget": args.budget, "scheduler": args.scheduler, "seconds": round(seconds, 2),
             "first_job_mib": round(small_bytes / 2**20, 1), "first_job_anon_growth_mib": round(warm_anon, 1),
             "anon_growth_mib": round(anon, 1), "rss_growth_mib": round(rss, 1),
         }
-        if args.check:
+        if args.check and args.axis != "z":
+            whole = np.stack([_read_slice(src, args.format, z) for z in range(args.slices)])
+            ref = model.denoise_volume(whole, axis=args.axis)
+            got = np.stack([_read_slice(dst, args.format, z) for z in range(args.slices)])
+            result["max_abs_diff_vs_in_memory"] = float(np.abs(got - ref).max())
+        elif args.check:
             worst = 0.0
             for z in range(args.slices):
                 ref = model.predict(_read_slice(src, args.format, z))["denoised"]

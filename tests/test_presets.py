@@ -23,6 +23,7 @@ OFF = {
     "train.collapse_guard": False,
     "train.select_prediction": False,
     "train.time_budget": None,
+    "train.axis": "z",
     "predict.tta": False,
 }
 OFFICIAL = {"network.generator_width": 32, "network.generator_res_blocks": 3, "network.extractor_width": 32,

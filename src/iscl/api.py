@@ -13,10 +13,11 @@ Example
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ from torch import nn
 
 from iscl import zoo
 from iscl.config import Config, NetworkConfig, preset
-from iscl.data.finite import require_finite
+from iscl.data.finite import count_nonfinite, nonfinite_problem, require_finite
 from iscl.data.normalize import Normalizer, fit_normalizer
 from iscl.nn.build import make_extractor, make_generator
 from iscl.predict import predict_image
@@ -32,13 +33,86 @@ from iscl.training import checkpoint as ckpt
 from iscl.training import tensorboard as tb
 from iscl.training.trainer import Trainer
 
-__all__ = ["Denoiser", "train", "load", "denoise", "Output"]
+__all__ = ["Denoiser", "train", "load", "denoise", "Output", "Axis", "AXES", "volume_axes", "volume_axis_problem"]
 
 Output = Literal["denoised", "generator", "bypass", "noise"]
+Axis = Literal["z", "y", "x", "all"]
+
+#: the orientations a (Z, H, W) volume can be denoised (or trained) along
+AXES: tuple[str, ...] = ("z", "y", "x", "all")
+_AXIS_DIMS = {"z": (0,), "y": (1,), "x": (2,), "all": (0, 1, 2)}
+_PLANE_NAMES = {0: "(H, W) slices", 1: "(Z, W) planes", 2: "(Z, H) planes"}
+_SLAB_NAMES = {0: "slices", 1: "rows", 2: "columns"}
 
 
-def _as_slices(images: np.ndarray | Sequence[np.ndarray], what: str) -> list[np.ndarray]:
-    """Accept one 2-D image, a (Z, H, W) stack or a sequence of either; return a list of 2-D arrays."""
+def volume_axes(axis: str) -> tuple[int, ...]:
+    """The volume dimensions whose planes ``axis`` takes: ``z`` → (0,) (the (H, W) slices, one per Z),
+    ``y`` → (1,) (the (Z, W) planes, one per row), ``x`` → (2,) (the (Z, H) planes, one per column), ``all``
+    → (0, 1, 2). Raises ``ValueError`` for another name."""
+    try:
+        return _AXIS_DIMS[axis]
+    except (KeyError, TypeError):
+        raise ValueError(f"--axis must be one of {', '.join(AXES)}; got {axis!r}") from None
+
+
+def volume_axis_problem(shape: tuple[int, ...], axis: str) -> str | None:
+    """Why a (Z, H, W) volume (or an (H, W) image) of ``shape`` cannot be denoised along ``axis``, or None.
+
+    ``z`` takes 2-D images too; ``y``/``x``/``all`` need a volume whose planes in those orientations are
+    at least 4x4 pixels (the networks' smallest input).
+    """
+    dims = volume_axes(axis)
+    if len(shape) != 3:
+        return None if axis == "z" else (f"--axis {axis} needs a (Z, H, W) volume; this is a 2-D image of "
+                                         f"{shape[-2]}x{shape[-1]} pixels (use --axis z)")
+    for d in dims:
+        ph, pw = (shape[i] for i in range(3) if i != d)
+        if min(ph, pw) < 4:
+            return (f"--axis {axis}: the {_PLANE_NAMES[d]} of this {shape[0]}x{shape[1]}x{shape[2]} volume are "
+                    f"{ph}x{pw} pixels, too small for the networks (at least 4x4)")
+    return None
+
+
+def _plan_slabs(n: int, chunk: int, bytes_per_plane: int, memory_budget: int | None) -> list[tuple[int, int]]:
+    """Ranges ``[a, b)`` of planes along one axis holding at most ``memory_budget`` bytes (None: one range);
+    whole chunks of ``chunk`` planes when one chunk fits (so a chunk is read and written once per axis)."""
+    if memory_budget is None:
+        return [(0, n)]
+    depth = max(1, memory_budget // max(1, bytes_per_plane))
+    if chunk and depth >= chunk:
+        depth -= depth % chunk
+    return [(a, min(a + depth, n)) for a in range(0, n, depth)]
+
+
+def _slab(d: int, a: int, b: int) -> tuple[slice, ...]:
+    idx = [slice(None)] * 3
+    idx[d] = slice(a, b)
+    return tuple(idx)
+
+
+def _plane(d: int, i: int) -> tuple[Any, ...]:
+    idx: list[Any] = [slice(None)] * 3
+    idx[d] = i
+    return tuple(idx)
+
+
+def _mean_as(total: np.ndarray, n: int, dtype: np.dtype) -> np.ndarray:
+    """``total / n`` in ``dtype``: integers rounded to nearest and clipped to the dtype's range, as
+    :meth:`~iscl.data.normalize.Normalizer.inverse` converts."""
+    mean = total / n
+    if dtype.kind in "ui":
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(mean), info.min, info.max).astype(dtype)
+    return mean.astype(dtype)
+
+
+def _as_slices(images: np.ndarray | Sequence[np.ndarray], what: str, axis: str = "z") -> list[np.ndarray]:
+    """Accept one 2-D image, a (Z, H, W) stack or a sequence of either; return a list of 2-D arrays.
+
+    A stack gives its planes along ``axis`` (see :func:`volume_axes`): its Z slices for ``z``, its (Z, W)
+    planes for ``y``, its (Z, H) planes for ``x``, all three for ``all``. A 2-D image gives itself.
+    """
+    dims = volume_axes(axis)
     items = [images] if isinstance(images, np.ndarray) else list(images)
     if not items:
         raise ValueError(f"{what}: no images given")
@@ -50,7 +124,7 @@ def _as_slices(images: np.ndarray | Sequence[np.ndarray], what: str) -> list[np.
         if a.ndim == 2:
             out.append(a)
         elif a.ndim == 3:
-            out.extend(a[z] for z in range(a.shape[0]))
+            out.extend(a[_plane(d, i)] for d in dims for i in range(a.shape[d]))
         else:
             raise ValueError(f"{what}[{i}]: expected a 2-D image or a (Z, H, W) stack, got shape {a.shape}")
         require_finite(a, f"{what}[{i}]")
@@ -154,6 +228,105 @@ class Denoiser:
             return self.predict(a, **kw)[output]
         return np.stack([self.predict(sl, **kw)[output] for sl in a])
 
+    def denoise_volume(self, volume: Any, *, axis: Axis = "z", output: Output = "denoised", gamma: float | None = None,
+                       weights: Literal["swa", "raw"] | None = None, tile: int | None = None, overlap: int = 32,
+                       stats_tiles: int = 16, precision: str | None = None, tta: bool | None = None,
+                       out: Any = None, scratch: Callable[[tuple[int, ...], np.dtype], Any] | None = None,
+                       memory_budget: int | None = None, chunks: tuple[int, ...] | None = None,
+                       on_block: Callable[[int, int], None] | None = None) -> Any:
+        """Denoise a (Z, H, W) volume plane by plane along ``axis``, or along all three and average.
+
+        The 2-D networks see one plane at a time, exactly as :meth:`predict` sees an image (BIN uses that
+        plane's own statistics): ``z`` the (H, W) slices (what :meth:`denoise` does), ``y`` the (Z, W)
+        planes (one per row), ``x`` the (Z, H) planes (one per column). ``all`` denoises along z, y and x
+        and returns the mean of the three: slice-wise artefacts (offsets or streaks that differ from one
+        slice to the next) are invisible inside a z slice but are rows of every y and x plane.
+
+        Parameters
+        ----------
+        volume : array-like (Z, H, W), any real dtype, in image units: a NumPy array, a memory map or
+            anything sliced like one (a Zarr array); it is read one slab of planes at a time.
+        axis : ``z``, ``y``, ``x`` or ``all``. Planes must be at least 4x4 pixels (:func:`volume_axis_problem`).
+        output, gamma, weights, tile, overlap, stats_tiles, precision, tta : as in :meth:`predict`, for
+            every plane.
+        out : array-like (Z, H, W) to write the result into (default: a new NumPy array), in the
+            volume's dtype (``noise``: float32).
+        scratch : ``all`` only: ``scratch(shape, dtype)`` makes the array that sums the three orientations
+            (float32 for data of up to 16 bits and float32, else float64; default: a NumPy array), e.g. a
+            disk-backed store for a volume larger than memory.
+        memory_budget : bytes of pixel data held at once (None: each orientation in one slab). The planes
+            are read and written in slabs (rows across all Z for ``y``, columns for ``x``) of
+            input + result (+ the sum's slab for ``all``) + the normalized float32 plane within it.
+        chunks : the storage chunks of ``volume``/``out`` (Z, H, W): a slab is whole chunks deep when one
+            chunk fits in the budget.
+        on_block : progress callback ``(done, total)`` over the slabs.
+
+        Returns
+        -------
+        array-like
+            ``out`` (or a new array): the input's shape and dtype (``noise``: float32). ``all`` averages
+            the three orientations before rounding: each is predicted from the planes cast to the sum's
+            float type, so integer outputs are rounded (and clipped to the dtype's range) once.
+
+        Example
+        -------
+        >>> model.denoise_volume(stack, axis="all")  # (Z, H, W) in, same shape and dtype out  # doctest: +SKIP
+        """
+        shape = tuple(int(n) for n in volume.shape)
+        dims = volume_axes(axis)
+        if len(shape) != 3:
+            raise ValueError(f"denoise_volume: expected a (Z, H, W) volume, got shape {shape}")
+        problem = volume_axis_problem(shape, axis)
+        if problem is not None:
+            raise ValueError(problem)
+        dtype = np.dtype(volume.dtype)
+        if dtype.kind not in "uif":
+            raise TypeError(f"expected a real-valued volume, got dtype {dtype}")
+        out_dtype = np.dtype(np.float32) if output == "noise" else dtype
+        if out is None:
+            out = np.empty(shape, out_dtype)
+        elif tuple(out.shape) != shape:
+            raise ValueError(f"denoise_volume: out has shape {tuple(out.shape)}, expected {shape}")
+        kw = dict(outputs=(output,), gamma=gamma, weights=weights, tile=tile, overlap=overlap, stats_tiles=stats_tiles,
+                  precision=precision, tta=tta)
+        averaging = len(dims) > 1
+        # the sum keeps each orientation's unrounded values: float32 is exact enough for <= 16-bit data
+        work = np.dtype(np.float32 if out_dtype.itemsize <= 2 or out_dtype == np.float32 else np.float64)
+        total = None
+        if averaging:
+            total = np.empty(shape, work) if scratch is None else scratch(shape, work)
+        result_dtype = work if averaging else out_dtype
+        per_pixel = dtype.itemsize + result_dtype.itemsize + 4 + (work.itemsize if averaging else 0)
+        plans = [(d, _plan_slabs(shape[d], chunks[d] if chunks else 0, math.prod(shape) // shape[d] * per_pixel,
+                                 memory_budget)) for d in dims]
+        final = (_plan_slabs(shape[0], chunks[0] if chunks else 0, shape[1] * shape[2] * (work.itemsize
+                                                                                          + out_dtype.itemsize),
+                             memory_budget) if averaging else [])
+        n_blocks, done = sum(len(s) for _, s in plans) + len(final), 0
+        for k, (d, slabs) in enumerate(plans):
+            for a, b in slabs:
+                idx = _slab(d, a, b)
+                block = np.asarray(volume[idx])
+                n_nan, n_inf = count_nonfinite(block)
+                if n_nan or n_inf:
+                    raise ValueError(f"{_SLAB_NAMES[d]} {a}-{b - 1} {nonfinite_problem(n_nan, n_inf, block.size)}")
+                res = np.empty(block.shape, result_dtype)
+                for i in range(b - a):
+                    plane = np.ascontiguousarray(block[_plane(d, i)], dtype=work if averaging else None)
+                    res[_plane(d, i)] = self.predict(plane, **kw)[output]
+                if averaging and k > 0:
+                    res += np.asarray(total[idx])  # z, then + y, then + x: the same sum whatever the slabs
+                (total if averaging else out)[idx] = res
+                done += 1
+                if on_block is not None:
+                    on_block(done, n_blocks)
+        for a, b in final:
+            out[a:b] = _mean_as(np.asarray(total[a:b]), len(dims), out_dtype)
+            done += 1
+            if on_block is not None:
+                on_block(done, n_blocks)
+        return out
+
     # ------------------------------------------------------------------ persistence
     def weights(self) -> dict[str, torch.Tensor]:
         return ckpt.prediction_weights(self.F_swa, self.F_raw, self.H)
@@ -184,7 +357,9 @@ def train(clean: np.ndarray | Sequence[np.ndarray], noisy: np.ndarray | Sequence
     Parameters
     ----------
     clean, noisy : a 2-D image, a (Z, H, W) stack, or a sequence of them; any real dtype, in the
-        images' own units. The pools must not show the same scenes (unpaired learning).
+        images' own units. The pools must not show the same scenes (unpaired learning). A stack gives
+        its planes along ``config.train.axis``: its Z slices (``z``, the default), its (Z, W) or (Z, H)
+        planes (``y``, ``x``) or all three orientations (``all``); planes smaller than the patch give none.
     config : a :class:`~iscl.config.Config`, a preset name (``"fast"``, ``"paper"``, ``"cpu"``) or ``None``
         (``fast``).
     run_dir : where the loss log and the checkpoint go (``None``: nothing is written).
@@ -204,12 +379,15 @@ def train(clean: np.ndarray | Sequence[np.ndarray], noisy: np.ndarray | Sequence
     """
     if config is None or isinstance(config, str):
         config = preset(config or "fast")
-    clean_s = _as_slices(clean, "clean")
-    noisy_s = _as_slices(noisy, "noisy")
+    axis = config.train.axis  # a stack's planes along z (its slices), y, x or all three
+    clean_s = _as_slices(clean, "clean", axis)
+    noisy_s = _as_slices(noisy, "noisy", axis)
     if resume and run_dir is not None:
         _, normalizer, _ = ckpt.read_checkpoint_config(Path(run_dir) / "checkpoint")
     else:
-        normalizer = fit_normalizer(clean_s + noisy_s, config.normalization, seed=config.train.seed)
+        # the window from the z slices whatever the axis: the other orientations hold the same pixels
+        pool = clean_s + noisy_s if axis == "z" else _as_slices(clean, "clean") + _as_slices(noisy, "noisy")
+        normalizer = fit_normalizer(pool, config.normalization, seed=config.train.seed)
     val = None
     if validation is not None:
         vc, vn = _as_slices(validation[0], "validation clean"), _as_slices(validation[1], "validation noisy")

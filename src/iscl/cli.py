@@ -107,6 +107,9 @@ def train(
         "and a preview of a fixed crop (default: on when the tensorboard package is installed)")] = None,
     tensorboard_every: Annotated[int | None, typer.Option(
         "--tensorboard-every", min=1, help="a preview every N steps (default: every validation period, T/20)")] = None,
+    axis: Annotated[str | None, typer.Option(
+        "--axis", help="patches from the Z slices of training stacks (z, the default), their (Z, W) planes (y), "
+        "(Z, H) planes (x) or all three orientations (all); stored in the run's config")] = None,
 ) -> None:
     """Train ISCL on unpaired clean and noisy images."""
 
@@ -132,6 +135,11 @@ def train(
             config.train.time_budget = parse_duration(time_budget)
         if precision is not None:
             config.train.precision = _precision(precision)
+        if axis is not None:
+            from iscl.api import volume_axes
+
+            volume_axes(axis)  # one line naming the choices
+            config.train.axis = axis
         config.train.channels_last = channels_last or config.train.channels_last
         config.train.compile = compile_ or config.train.compile
         if config_file is None or normalization != "auto" or low is not None or high is not None:
@@ -175,7 +183,8 @@ def denoise(
     device: Annotated[str, typer.Option("--device")] = "cpu",
     precision: Annotated[str | None, typer.Option("--precision", help="fp32 (default), bf16 or fp16")] = None,
     memory_budget: Annotated[str | None, typer.Option(
-        "--memory-budget", help="Zarr volumes: pixel data held at once per worker, e.g. 512M, 4G (default 1G)")] = None,
+        "--memory-budget", help="Zarr volumes (and stacks with --axis y|x|all): pixel data held at once per worker, "
+        "e.g. 512M, 4G (default 1G)")] = None,
     scheduler: Annotated[str | None, typer.Option(
         "--scheduler", help="Zarr volumes on Dask: N local workers, or a scheduler address tcp://host:8786")] = None,
     threads_per_worker: Annotated[int, typer.Option(
@@ -191,6 +200,9 @@ def denoise(
         "--tta/--no-tta", help="test-time augmentation: average the 8 rotations/flips (8x the time; default: the "
         "model's setting, off)")] = None,
     force: Annotated[bool, typer.Option("--force", help="use a model that training marked as collapsed")] = False,
+    axis: Annotated[str, typer.Option(
+        "--axis", help="stacks: denoise the (H, W) slices (z), the (Z, W) planes (y), the (Z, H) planes (x), or "
+        "all three orientations and average them (all: against slice-to-slice streaks; 3x the time)")] = "z",
     quiet: Annotated[bool, typer.Option("--quiet")] = False,
 ) -> None:
     """Denoise images with a trained model; outputs keep format, shape, dtype and metadata.
@@ -206,6 +218,9 @@ def denoise(
             raise ValueError(f"--output must be denoised, generator or bypass; got {output!r}")
         if weights not in (None, "swa", "raw"):
             raise ValueError(f"--weights must be swa or raw; got {weights!r}")
+        from iscl.api import volume_axes
+
+        volume_axes(axis)  # before the model is loaded
         model = load(run, device=device, force=force)
         if gamma is not None:
             model.config.predict.gamma = gamma
@@ -221,7 +236,8 @@ def denoise(
                                save_noise_map=save_noise_map, overwrite=overwrite, keep_going=keep_going,
                                channel=channel, progress=not quiet,
                                memory_budget=parse_bytes(memory_budget) if memory_budget else None,
-                               scheduler=scheduler, threads_per_worker=threads_per_worker, pyramid=pyramid)
+                               scheduler=scheduler, threads_per_worker=threads_per_worker, pyramid=pyramid,
+                               axis=axis)
         for _src, err in report.failed:
             typer.echo(f"iscl: error: {err}", err=True)
         typer.echo(f"denoised {len(report.written)} file(s) into {out}" +

@@ -101,6 +101,10 @@ class TrainConfig(_Strict):
     select_prediction: bool = Field(
         False, description="with validation pairs: choose γ (0, 0.25, ..., 1) and SWA or raw F on them at every "
         "validation; the best model is saved with its choice")
+    axis: Literal["z", "y", "x", "all"] = Field(
+        "z", description="which planes of a (Z, H, W) training stack patches come from: its Z slices (z, the "
+        "paper's), its (Z, W) planes (y), its (Z, H) planes (x), or all three orientations (all); 2-D images give "
+        "themselves")
     # ---- how long to train: not a change of the method
     time_budget: float | None = Field(
         None, gt=0, description="seconds of training wanted: T (steps) is fixed from the measured speed of the first "

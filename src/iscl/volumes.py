@@ -23,6 +23,16 @@ computed after level 0, from the written level, one block of whole chunks at a t
 memory budget, in this process (even when level 0 ran on Dask: averaging is cheap next to denoising).
 The whole group is written to the hidden store and renamed into place when every level is done.
 
+``axis="y"``, ``"x"`` or ``"all"`` denoises the (Z, W) planes (one per row), the (Z, H) planes (one per
+column), or all three orientations averaged, through :meth:`iscl.api.Denoiser.denoise_volume` in this
+process (not on Dask). Such a plane crosses every Z chunk, so the volume is read in *slabs*: rows (or
+columns) across all Z, as many as fit in the memory budget, whole chunks of rows when one chunk's slab
+fits (otherwise fewer rows, and a chunk is decoded once per slab that crosses it). For ``all`` the three
+orientations are summed, unrounded, in a hidden float Zarr store next to the output (``.NAME.sum-*``,
+chunked like the input, removed at the end): z slabs, then + y slabs, then + x slabs, and a last pass
+writes the mean in Z blocks. Disk use is then about the input's size again (float32; float64 for 32-bit
+integer or float64 data) on top of the output.
+
 Zarr and Dask are optional (``pip install 'iscl[zarr]'`` / ``'iscl[dask]'``); we use their own
 APIs — nothing here reimplements chunk storage or task scheduling. The 2x2 mean is
 :func:`skimage.measure.block_reduce` (scikit-image is a core dependency).
@@ -115,7 +125,7 @@ class VolumeReport:
     output: Path
     shape: tuple[int, ...]
     blocks: int
-    block_depth: int
+    block_depth: int  # slices per Z block (0 for axis y/x/all, whose blocks are slabs of planes)
     workers: int
     seconds: float
     pyramid: int = 0
@@ -168,7 +178,7 @@ def denoise_zarr(model: Any, src: str | os.PathLike, dst: str | os.PathLike, *, 
                  memory_budget: int = DEFAULT_MEMORY_BUDGET, tile: int | None = None, overlap: int = 32,
                  stats_tiles: int = 16, precision: str | None = None, scheduler: str | int | None = None,
                  threads_per_worker: int = 1, overwrite: bool = False, pyramid: int = 0,
-                 on_block: Callable[[int, int], None] | None = None) -> VolumeReport:
+                 on_block: Callable[[int, int], None] | None = None, axis: str = "z") -> VolumeReport:
     """Denoise the Zarr array (or OME-Zarr image) ``src`` into a new one at ``dst``, block by block.
 
     Parameters
@@ -188,10 +198,24 @@ def denoise_zarr(model: Any, src: str | os.PathLike, dst: str | os.PathLike, *, 
     pyramid : OME-Zarr only: levels to add after level 0, each the 2x2 mean in y and x of the one above
         (see :func:`downsample_level`); an error for a plain Zarr array (:func:`check_pyramid`).
     on_block : progress callback ``(done, total)`` over the blocks of level 0.
+    axis : ``z`` (the (H, W) slices, in Z blocks as above), or ``y``/``x``/``all``: the (Z, W) / (Z, H) planes
+        or all three orientations averaged, by :meth:`iscl.api.Denoiser.denoise_volume` in this process (no
+        ``scheduler``) within ``memory_budget``: slabs of whole chunks (rows across all Z for ``y``, columns
+        for ``x``; fewer rows than a chunk when one chunk's slab exceeds the budget, then a chunk is read once
+        per slab), and for ``all`` a float sum in a hidden Zarr store next to ``dst``, removed at the end.
     """
+    from iscl.api import volume_axes, volume_axis_problem
+
+    volume_axes(axis)
     src_p, dst_p = Path(src), Path(dst)
     source = open_volume(src_p)
     check_pyramid(source, pyramid, src_p)
+    problem = volume_axis_problem(tuple(source.shape), axis)
+    if problem is not None:
+        raise ImageReadError(src_p, problem)
+    if axis != "z" and scheduler is not None:
+        raise ValueError(f"{src_p}: --scheduler spreads z blocks over Dask workers; --axis {axis} runs in this "
+                         "process (leave out --scheduler)")
     if dst_p.exists() and not overwrite:
         raise ImageWriteError(dst_p, "exists; pass --overwrite to replace it")
     if dst_p.resolve() == src_p.resolve():
@@ -215,8 +239,11 @@ def denoise_zarr(model: Any, src: str | os.PathLike, dst: str | os.PathLike, *, 
 
     t0 = time.perf_counter()
     workers = 1
+    n_blocks, depth = len(blocks), blocks[0][1] - blocks[0][0]  # axis y/x/all: slabs of planes, not Z blocks
     try:
-        if source.ndim == 2:  # one image: no blocks to spread
+        if axis != "z":
+            n_blocks = _denoise_planes(model, source, src_p, level0, dst_p, axis, options, memory_budget, on_block)
+        elif source.ndim == 2:  # one image: no blocks to spread
             target = zarr_format.open_planes(level0, source.lead, "r+")
             target[...] = _predict_slice(_resolve_model(model), np.asarray(source[...]), str(src_p), 0, options)
             if on_block is not None:
@@ -235,8 +262,37 @@ def denoise_zarr(model: Any, src: str | os.PathLike, dst: str | os.PathLike, *, 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return VolumeReport(src_p, dst_p, tuple(source.shape), len(blocks), blocks[0][1] - blocks[0][0], workers,
+    return VolumeReport(src_p, dst_p, tuple(source.shape), n_blocks, depth if axis == "z" else 0, workers,
                         time.perf_counter() - t0, pyramid)
+
+
+def _denoise_planes(model: Any, source: zarr_format.Planes, src: Path, level0: Path, dst: Path, axis: str,
+                    options: dict[str, Any], memory_budget: int, on_block: Callable[[int, int], None] | None) -> int:
+    """Denoise ``source`` along ``axis`` (y, x, all) into the array at ``level0``; returns the number of slabs."""
+    target = zarr_format.open_planes(level0, source.lead, "r+")
+    sum_store = atomic.temp_path(dst, "sum")
+    slabs = []
+
+    def scratch(shape: tuple[int, ...], dtype: np.dtype) -> Any:
+        # the sum of the orientations, chunked like the volume; on disk: it is as large as the volume or larger
+        return _zarr().open_array(str(sum_store), mode="w", shape=shape, chunks=source.chunks, dtype=dtype)
+
+    def progress(done: int, total: int) -> None:
+        slabs.append(done)
+        if on_block is not None:
+            on_block(done, total)
+
+    try:
+        _resolve_model(model).denoise_volume(source, axis=axis, out=target, scratch=scratch,
+                                             memory_budget=memory_budget, chunks=source.chunks, on_block=progress,
+                                             **options)
+    except IsclError:
+        raise
+    except ValueError as exc:  # NaN/Inf in a slab: name the store
+        raise ImageReadError(src, str(exc)) from None
+    finally:
+        shutil.rmtree(sum_store, ignore_errors=True)
+    return len(slabs)
 
 
 # -------------------------------------------------------------------------------------- OME-Zarr output

@@ -4,6 +4,8 @@ Modules (one idea each):
 
 * :mod:`iscl.simulate.em`: clean EM tissue (:func:`em_tissue`).
 * :mod:`iscl.simulate.noise`: random fields, Poisson–Gaussian shot noise, film and charge noise.
+* :mod:`iscl.simulate.volume`: isotropic EM-like volumes with slice-wise streaks (:func:`em_volume`,
+  :func:`slice_streak_noise`), for the ``--axis`` study.
 * :mod:`iscl.simulate.ct`: CT anatomy in HU and projection-space low-dose simulation.
 * :mod:`iscl.simulate.datasets`: the named, seeded, cached datasets (:func:`load_dataset`,
   :func:`write_dataset`, :data:`DATASETS`).
@@ -23,6 +25,8 @@ _EXPORTS = {
     "load_dataset": "datasets",
     "write_dataset": "datasets",
     "em_tissue": "em",
+    "em_volume": "volume",
+    "slice_streak_noise": "volume",
     "film_noise": "noise",
     "charge_noise": "noise",
     "poisson_gaussian": "noise",
