@@ -12,7 +12,7 @@ STAMP := $(VENV)/.iscl-installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[test,dicom,bm3d,dask,mrc,hdf5,nifti,export,tensorboard]"
+	$(PY) -m pip install --quiet -e ".[test,dicom,bm3d,dask,mrc,hdf5,nifti,export,tensorboard,napari-test]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -30,6 +30,7 @@ LAYERS = [
     ("volumes",),  # Zarr/Dask volumes
     ("jobs",),  # file-level jobs
     ("exporters",),  # BioImage Model Zoo, TorchScript and ONNX export
+    ("napari_plugin",),  # the napari widgets, sample data and a plain denoise function
     ("demo",),
     ("cli",),
     ("__main__",),  # python -m iscl

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import statistics
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -85,6 +86,9 @@ class Trainer:
     rate, at most ``guard_max_restarts`` times, each logged as ``guard``. Past that it saves the last
     good state and raises :class:`CollapseError`. Without the guard a run that ends collapsed is saved
     with ``info["collapsed"]`` set, and :func:`iscl.load` refuses it unless forced.
+
+    :meth:`request_stop` (from any thread, e.g. a GUI's Stop button) ends :meth:`run` after the
+    current step, with the checkpoint saved as ``stop_at`` saves it: the run can be resumed.
     """
 
     def __init__(self, config: Config, clean: Sequence[np.ndarray], noisy: Sequence[np.ndarray],
@@ -127,6 +131,7 @@ class Trainer:
         self.train_seconds = 0.0  # training wall time over all finished sessions of this run
         self._session_start: float | None = None
         self.prediction_choice: dict[str, Any] | None = None  # select_prediction's latest (gamma, weights)
+        self._stop = threading.Event()  # set by request_stop(), from any thread
         if resume:
             self._resume()
 
@@ -388,8 +393,17 @@ class Trainer:
         return self.budget
 
     # ------------------------------------------------------------------ loop
+    def request_stop(self) -> None:
+        """Make :meth:`run` end after the step in progress and save a resumable checkpoint (thread-safe).
+
+        A request made before :meth:`run` starts ends it before its first step; ``run`` clears the
+        request when it returns, so a later ``run`` (or a resume) continues normally.
+        """
+        self._stop.set()
+
     def run(self, stop_at: int | None = None) -> ISCL:
-        """Train until step ``T`` (or ``stop_at`` < T, e.g. to split a run), then save a checkpoint.
+        """Train until step ``T`` (or ``stop_at`` < T, e.g. to split a run, or a :meth:`request_stop`), then
+        save a checkpoint.
 
         Raises :class:`~iscl.engine.iscl.NonFiniteLossError` (naming the step and the loss term)
         on NaN/Inf, and :class:`CollapseError` when the collapse guard gives up; the last periodic
@@ -425,6 +439,7 @@ class Trainer:
         finally:
             self.train_seconds += self.clock() - started
             self._session_start = None
+            self._stop.clear()
             if log_fh is not None:
                 log_fh.close()
         if writes:
@@ -438,7 +453,7 @@ class Trainer:
         bar = tqdm(total=t.steps, initial=self.model.step, disable=not (self.progress and main), unit="step",
                    dynamic_ncols=True, desc="ISCL")
         try:
-            while self.model.step < end:
+            while self.model.step < end and not self._stop.is_set():
                 t0 = self.clock()
                 x, y = self._next_batch()
                 record = self.model.train_step(x, y)
