@@ -10,9 +10,10 @@ from typer.testing import CliRunner
 
 import iscl
 from iscl import volumes
-from iscl.api import _as_slices, volume_axis_problem
+from iscl.api import _as_slices
 from iscl.cli import app
 from iscl.data import io
+from iscl.data.axes import volume_axis_problem
 from iscl.errors import ImageReadError
 from iscl.jobs import denoise_files
 

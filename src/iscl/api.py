@@ -13,7 +13,6 @@ Example
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,6 +24,17 @@ from torch import nn
 
 from iscl import zoo
 from iscl.config import Config, NetworkConfig, preset
+from iscl.data.axes import (
+    SLAB_NAMES,
+    Axis,
+    mean_as,
+    plan_slabs,
+    plane,
+    plane_bytes,
+    slab,
+    volume_axes,
+    volume_axis_problem,
+)
 from iscl.data.finite import count_nonfinite, nonfinite_problem, require_finite
 from iscl.data.normalize import Normalizer, fit_normalizer
 from iscl.nn.build import make_extractor, make_generator
@@ -33,78 +43,9 @@ from iscl.training import checkpoint as ckpt
 from iscl.training import tensorboard as tb
 from iscl.training.trainer import Trainer
 
-__all__ = ["Denoiser", "train", "load", "denoise", "Output", "Axis", "AXES", "volume_axes", "volume_axis_problem"]
+__all__ = ["Denoiser", "train", "load", "denoise", "Output"]
 
 Output = Literal["denoised", "generator", "bypass", "noise"]
-Axis = Literal["z", "y", "x", "all"]
-
-#: the orientations a (Z, H, W) volume can be denoised (or trained) along
-AXES: tuple[str, ...] = ("z", "y", "x", "all")
-_AXIS_DIMS = {"z": (0,), "y": (1,), "x": (2,), "all": (0, 1, 2)}
-_PLANE_NAMES = {0: "(H, W) slices", 1: "(Z, W) planes", 2: "(Z, H) planes"}
-_SLAB_NAMES = {0: "slices", 1: "rows", 2: "columns"}
-
-
-def volume_axes(axis: str) -> tuple[int, ...]:
-    """The volume dimensions whose planes ``axis`` takes: ``z`` → (0,) (the (H, W) slices, one per Z),
-    ``y`` → (1,) (the (Z, W) planes, one per row), ``x`` → (2,) (the (Z, H) planes, one per column), ``all``
-    → (0, 1, 2). Raises ``ValueError`` for another name."""
-    try:
-        return _AXIS_DIMS[axis]
-    except (KeyError, TypeError):
-        raise ValueError(f"--axis must be one of {', '.join(AXES)}; got {axis!r}") from None
-
-
-def volume_axis_problem(shape: tuple[int, ...], axis: str) -> str | None:
-    """Why a (Z, H, W) volume (or an (H, W) image) of ``shape`` cannot be denoised along ``axis``, or None.
-
-    ``z`` takes 2-D images too; ``y``/``x``/``all`` need a volume whose planes in those orientations are
-    at least 4x4 pixels (the networks' smallest input).
-    """
-    dims = volume_axes(axis)
-    if len(shape) != 3:
-        return None if axis == "z" else (f"--axis {axis} needs a (Z, H, W) volume; this is a 2-D image of "
-                                         f"{shape[-2]}x{shape[-1]} pixels (use --axis z)")
-    for d in dims:
-        ph, pw = (shape[i] for i in range(3) if i != d)
-        if min(ph, pw) < 4:
-            return (f"--axis {axis}: the {_PLANE_NAMES[d]} of this {shape[0]}x{shape[1]}x{shape[2]} volume are "
-                    f"{ph}x{pw} pixels, too small for the networks (at least 4x4)")
-    return None
-
-
-def _plan_slabs(n: int, chunk: int, bytes_per_plane: int, memory_budget: int | None) -> list[tuple[int, int]]:
-    """Ranges ``[a, b)`` of planes along one axis holding at most ``memory_budget`` bytes (None: one range);
-    whole chunks of ``chunk`` planes when one chunk fits (so a chunk is read and written once per axis)."""
-    if memory_budget is None:
-        return [(0, n)]
-    depth = max(1, memory_budget // max(1, bytes_per_plane))
-    if chunk and depth >= chunk:
-        depth -= depth % chunk
-    return [(a, min(a + depth, n)) for a in range(0, n, depth)]
-
-
-def _slab(d: int, a: int, b: int) -> tuple[slice, ...]:
-    idx = [slice(None)] * 3
-    idx[d] = slice(a, b)
-    return tuple(idx)
-
-
-def _plane(d: int, i: int) -> tuple[Any, ...]:
-    idx: list[Any] = [slice(None)] * 3
-    idx[d] = i
-    return tuple(idx)
-
-
-def _mean_as(total: np.ndarray, n: int, dtype: np.dtype) -> np.ndarray:
-    """``total / n`` in ``dtype``: integers rounded to nearest and clipped to the dtype's range, as
-    :meth:`~iscl.data.normalize.Normalizer.inverse` converts."""
-    mean = total / n
-    if dtype.kind in "ui":
-        info = np.iinfo(dtype)
-        return np.clip(np.rint(mean), info.min, info.max).astype(dtype)
-    return mean.astype(dtype)
-
 
 def _as_slices(images: np.ndarray | Sequence[np.ndarray], what: str, axis: str = "z") -> list[np.ndarray]:
     """Accept one 2-D image, a (Z, H, W) stack or a sequence of either; return a list of 2-D arrays.
@@ -124,7 +65,7 @@ def _as_slices(images: np.ndarray | Sequence[np.ndarray], what: str, axis: str =
         if a.ndim == 2:
             out.append(a)
         elif a.ndim == 3:
-            out.extend(a[_plane(d, i)] for d in dims for i in range(a.shape[d]))
+            out.extend(a[plane(d, i)] for d in dims for i in range(a.shape[d]))
         else:
             raise ValueError(f"{what}[{i}]: expected a 2-D image or a (Z, H, W) stack, got shape {a.shape}")
         require_finite(a, f"{what}[{i}]")
@@ -297,23 +238,23 @@ class Denoiser:
             total = np.empty(shape, work) if scratch is None else scratch(shape, work)
         result_dtype = work if averaging else out_dtype
         per_pixel = dtype.itemsize + result_dtype.itemsize + 4 + (work.itemsize if averaging else 0)
-        plans = [(d, _plan_slabs(shape[d], chunks[d] if chunks else 0, math.prod(shape) // shape[d] * per_pixel,
-                                 memory_budget)) for d in dims]
-        final = (_plan_slabs(shape[0], chunks[0] if chunks else 0, shape[1] * shape[2] * (work.itemsize
-                                                                                          + out_dtype.itemsize),
-                             memory_budget) if averaging else [])
+        plans = [(d, plan_slabs(shape[d], chunks[d] if chunks else 0, plane_bytes(shape, d, per_pixel), memory_budget))
+                 for d in dims]
+        final = (plan_slabs(shape[0], chunks[0] if chunks else 0,
+                            plane_bytes(shape, 0, work.itemsize + out_dtype.itemsize), memory_budget)
+                 if averaging else [])
         n_blocks, done = sum(len(s) for _, s in plans) + len(final), 0
         for k, (d, slabs) in enumerate(plans):
             for a, b in slabs:
-                idx = _slab(d, a, b)
+                idx = slab(d, a, b)
                 block = np.asarray(volume[idx])
                 n_nan, n_inf = count_nonfinite(block)
                 if n_nan or n_inf:
-                    raise ValueError(f"{_SLAB_NAMES[d]} {a}-{b - 1} {nonfinite_problem(n_nan, n_inf, block.size)}")
+                    raise ValueError(f"{SLAB_NAMES[d]} {a}-{b - 1} {nonfinite_problem(n_nan, n_inf, block.size)}")
                 res = np.empty(block.shape, result_dtype)
                 for i in range(b - a):
-                    plane = np.ascontiguousarray(block[_plane(d, i)], dtype=work if averaging else None)
-                    res[_plane(d, i)] = self.predict(plane, **kw)[output]
+                    image = np.ascontiguousarray(block[plane(d, i)], dtype=work if averaging else None)
+                    res[plane(d, i)] = self.predict(image, **kw)[output]
                 if averaging and k > 0:
                     res += np.asarray(total[idx])  # z, then + y, then + x: the same sum whatever the slabs
                 (total if averaging else out)[idx] = res
@@ -321,7 +262,7 @@ class Denoiser:
                 if on_block is not None:
                     on_block(done, n_blocks)
         for a, b in final:
-            out[a:b] = _mean_as(np.asarray(total[a:b]), len(dims), out_dtype)
+            out[a:b] = mean_as(np.asarray(total[a:b]), len(dims), out_dtype)
             done += 1
             if on_block is not None:
                 on_block(done, n_blocks)

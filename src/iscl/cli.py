@@ -136,7 +136,7 @@ def train(
         if precision is not None:
             config.train.precision = _precision(precision)
         if axis is not None:
-            from iscl.api import volume_axes
+            from iscl.data.axes import volume_axes
 
             volume_axes(axis)  # one line naming the choices
             config.train.axis = axis
@@ -218,7 +218,7 @@ def denoise(
             raise ValueError(f"--output must be denoised, generator or bypass; got {output!r}")
         if weights not in (None, "swa", "raw"):
             raise ValueError(f"--weights must be swa or raw; got {weights!r}")
-        from iscl.api import volume_axes
+        from iscl.data.axes import volume_axes
 
         volume_axes(axis)  # before the model is loaded
         model = load(run, device=device, force=force)

@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from iscl.api import Denoiser, volume_axes, volume_axis_problem
+from iscl.api import Denoiser
 from iscl.api import train as train_arrays
 from iscl.config import Config
 from iscl.data import io
+from iscl.data.axes import volume_axes, volume_axis_problem
 from iscl.errors import ImageReadError, ImageWriteError, IsclError
 
 __all__ = ["read_images", "train_files", "denoise_files", "DenoiseReport", "AUTO_TILE_PIXELS", "DEFAULT_TILE"]

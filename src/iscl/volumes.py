@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 
 from iscl import atomic
+from iscl.data.axes import volume_axes, volume_axis_problem
 from iscl.data.finite import count_nonfinite, nonfinite_problem
 from iscl.data.formats import zarr as zarr_format
 from iscl.errors import ImageReadError, ImageWriteError, IsclError
@@ -204,8 +205,6 @@ def denoise_zarr(model: Any, src: str | os.PathLike, dst: str | os.PathLike, *, 
         for ``x``; fewer rows than a chunk when one chunk's slab exceeds the budget, then a chunk is read once
         per slab), and for ``all`` a float sum in a hidden Zarr store next to ``dst``, removed at the end.
     """
-    from iscl.api import volume_axes, volume_axis_problem
-
     volume_axes(axis)
     src_p, dst_p = Path(src), Path(dst)
     source = open_volume(src_p)
