@@ -258,7 +258,7 @@ def _denoise_volumes(model: Denoiser, sources: list[Path], out: Path, *, single:
         _run_job(report, keep_going, log, src, dst, partial(job, src, dst))
 
 
-def _auto_tile(tile: int | None, h: int, w: int) -> int | None:
+def auto_tile(tile: int | None, h: int, w: int) -> int | None:
     """The tile side for (h, w) slices: ``None`` = automatic by size, 0 = whole images."""
     if tile is None:
         return DEFAULT_TILE if h * w > AUTO_TILE_PIXELS else None
@@ -268,9 +268,9 @@ def _auto_tile(tile: int | None, h: int, w: int) -> int | None:
 def _auto_tile_volume(tile: int | None, shape: tuple[int, ...], axis: str) -> int | None:
     """One tile side for every plane ``axis`` takes from a volume of ``shape``: by its largest plane."""
     if len(shape) != 3:
-        return _auto_tile(tile, *shape[-2:])
+        return auto_tile(tile, *shape[-2:])
     planes = [[n for i, n in enumerate(shape) if i != d] for d in volume_axes(axis)]
-    return _auto_tile(tile, *max(planes, key=lambda p: p[0] * p[1]))
+    return auto_tile(tile, *max(planes, key=lambda p: p[0] * p[1]))
 
 
 def _denoise_one(model: Denoiser, src: Path, dst: Path, noise_dst: Path | None, outputs: tuple[str, ...],
@@ -278,7 +278,7 @@ def _denoise_one(model: Denoiser, src: Path, dst: Path, noise_dst: Path | None, 
                  progress: bool) -> None:
     with io.open_slices(src, channel=channel) as slices:
         h, w = slices.shape[-2:]
-        tile_size = _auto_tile(tile, h, w)
+        tile_size = auto_tile(tile, h, w)
         info = io.probe(src)
         writer = io.create_output_like(dst, tuple(slices.shape), slices.dtype, like=info, overwrite=overwrite)
         noise_writer = (io.create_output_like(noise_dst, tuple(slices.shape), np.float32, overwrite=overwrite)

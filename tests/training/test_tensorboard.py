@@ -55,6 +55,11 @@ def test_preview_panel_shows_the_crop_and_the_prediction(tmp_path, tiny_pair, ti
     assert panel.shape == (48, 4 * 40) and panel.min() >= 0 and panel.max() <= 1
     np.testing.assert_allclose(panel[:, :40], (crop + 1) / 2, atol=1e-6)  # the noisy crop, mapped to [0, 1]
     assert not np.allclose(panel[:, 40:80], panel[:, :40])  # F(x) is not the input
+    # the preview follows the choice made on validation pairs: gamma 0 makes the blend the bypass x - H(x)
+    model.trainer.prediction_choice = {"gamma": 0.0, "weights": "raw"}
+    chosen = tb.TensorBoardWriter(tmp_path / "tb", crop).panel(model.trainer)
+    np.testing.assert_allclose(chosen[:, 120:160], np.clip(chosen[:, 80:120], 0, 1), atol=1e-6)
+    assert not np.allclose(panel[:, 120:160], panel[:, 80:120])  # with the configured gamma it is not
 
 
 def test_resume_does_not_repeat_steps(tmp_path, tiny_pair, tiny_config):

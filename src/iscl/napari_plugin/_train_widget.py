@@ -33,7 +33,6 @@ from iscl.config import Config, load_config, parse_duration, preset
 from iscl.errors import IsclError
 from iscl.napari_plugin._qt import LayerCombo, PathField, Relay, layer_array, notify_error, notify_info
 from iscl.napari_plugin.functions import devices
-from iscl.predict import predict_image
 from iscl.training.checkpoint import read_checkpoint_config
 from iscl.training.plots import plot_losses
 from iscl.training.runlog import LOG_FILE
@@ -295,12 +294,8 @@ class TrainWidget(QWidget):
     @staticmethod
     def _preview(trainer: Trainer, window: np.ndarray) -> np.ndarray:
         """The current prediction of the crop, in image units (between steps, on the training thread)."""
-        m, norm = trainer.model, trainer.normalizer
-        choice = trainer.prediction_choice or {}
-        gamma = choice.get("gamma", trainer.config.predict.gamma)
-        F_net = m.prediction_F(choice.get("weights", trainer.config.predict.weights))
-        out = predict_image(F_net, m.nets.H, norm.forward(window), gamma=gamma, device=trainer.device)
-        return norm.inverse(out["denoised"], window.dtype)
+        norm = trainer.normalizer
+        return norm.inverse(trainer.predict(norm.forward(window))["denoised"], window.dtype)
 
     # ------------------------------------------------------------------ GUI thread
     def _on_record(self, rec: dict) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 
 from iscl.api import Denoiser, Output, load
 from iscl.errors import IsclError
-from iscl.jobs import AUTO_TILE_PIXELS, DEFAULT_TILE
+from iscl.jobs import auto_tile
 
 __all__ = ["denoise", "denoise_array", "OUTPUTS", "devices", "error_text"]
 
@@ -77,9 +77,7 @@ def denoise_array(model: Denoiser, image: np.ndarray, *, output: Output = "denoi
     if a.ndim < 2:
         raise ValueError(f"denoise: expected an image (..., H, W), got shape {a.shape}")
     h, w = a.shape[-2:]
-    if tile is None:
-        tile = DEFAULT_TILE if h * w > AUTO_TILE_PIXELS else None
-    tile = tile or None
+    tile = auto_tile(tile, h, w)  # the rule iscl denoise uses
     planes = a.reshape(-1, h, w)
     n = len(planes)
     out = []

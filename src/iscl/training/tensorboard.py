@@ -18,8 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from iscl.predict import predict_image
-
 if TYPE_CHECKING:
     from iscl.training.trainer import Trainer
 
@@ -148,12 +146,7 @@ class TensorBoardWriter:
     def panel(self, trainer: Trainer) -> np.ndarray:
         """(h, k·w) float32 on [0, 1]: noisy | F(x) | x − H(x) | blend (| clean), with the run's current
         prediction choice (γ, SWA or raw F)."""
-        m = trainer.model
-        choice = trainer.prediction_choice or {}
-        gamma = choice.get("gamma", trainer.config.predict.gamma)
-        F_net = m.prediction_F(choice.get("weights", "swa"))
-        out = predict_image(F_net, m.nets.H, self.noisy, gamma=gamma, outputs=("generator", "bypass", "denoised"),
-                            device=trainer.device)
+        out = trainer.predict(self.noisy, outputs=("generator", "bypass", "denoised"))
         tiles = [self.noisy, out["generator"], out["bypass"], out["denoised"]]
         if self.clean is not None:
             tiles.append(self.clean)

@@ -221,6 +221,16 @@ class Trainer:
         cfg.predict.weights = self.prediction_choice["weights"]
         return cfg
 
+    def predict(self, image: np.ndarray, outputs: Sequence[str] = ("denoised",)) -> dict[str, np.ndarray]:
+        """The run's current prediction of one normalized (H, W) image on [-1, 1] (previews, not validation):
+        ``select_prediction``'s choice of γ and SWA/raw F once made, else the configured ones."""
+        from iscl.predict import predict_image
+
+        settings = self._config_to_save().predict
+        F_net = self.model.prediction_F(settings.weights)
+        return predict_image(F_net, self.model.nets.H, image, gamma=settings.gamma, outputs=tuple(outputs),
+                             device=self.device)
+
     def save(self, path: str | os.PathLike | None = None) -> Path:
         """Write a resumable checkpoint (default ``run_dir/checkpoint``)."""
         if path is None:
