@@ -9,6 +9,8 @@ from iscl.config import FAST_CHANGES, Config, load_config, parse_duration, prese
 # every option iscl adds to the method, with the value that switches it off (the official behaviour)
 OFF = {
     "network.residual_generators": False,
+    "network.residual_noise_generator": False,
+    "network.noise_generator_channels": 0,
     "network.extractor_zero_head": False,
     "train.schedule": "linear",
     "train.warmup_steps": 0,

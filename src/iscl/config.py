@@ -29,7 +29,8 @@ class _Strict(BaseModel):
 class NetworkConfig(_Strict):
     """Widths and depths of the five networks (official: 32 / 3 / 32 / 20 / 32).
 
-    ``residual_generators`` and ``extractor_zero_head`` are not in the official method (off in ``paper``).
+    ``residual_generators``, ``residual_noise_generator``, ``noise_generator_channels`` and
+    ``extractor_zero_head`` are not in the official method (off in ``paper``).
     """
 
     generator_width: int = Field(32, ge=1)
@@ -40,6 +41,14 @@ class NetworkConfig(_Strict):
     residual_generators: bool = Field(
         False, description="F(x) = x + g(x), G(y) = y + g(y) with g's output layer starting at zero (no tanh): "
         "both generators start as the identity")
+    residual_noise_generator: bool = Field(
+        False, description="G alone is residual, G(y) = y + g(y) (g's output layer starting at zero, no tanh): "
+        "G(y) - y, H's noise-consistency target, is then only the noise G adds, not also G's error in "
+        "reproducing y through its 4x encoder-decoder")
+    noise_generator_channels: int = Field(
+        0, ge=0, description="G also takes this many channels of standard normal noise z, drawn anew at every "
+        "step, at its input and at its output layer: G(y, z) draws noise instead of making it a fixed function "
+        "of y (0: the official deterministic G)")
     extractor_zero_head: bool = Field(
         False, description="H's last layer starts at zero, so the bypass x - H(x) starts as the identity")
 

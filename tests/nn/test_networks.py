@@ -94,3 +94,38 @@ def test_zero_head_extractor_starts_with_no_noise():
     torch.manual_seed(0)
     plain = NoiseExtractor(width=4, n_layers=4)
     assert torch.equal(plain.body[0].weight, h.body[0].weight) and torch.count_nonzero(plain.body[-1].weight) > 0
+
+
+def test_residual_noise_generator_makes_only_G_residual():
+    from iscl.config import NetworkConfig
+
+    net = NetworkConfig(generator_width=4, generator_res_blocks=1, extractor_width=4, extractor_layers=3,
+                        discriminator_width=4, residual_noise_generator=True)
+    nets = ISCLNetworks(net, torch.Generator().manual_seed(0))
+    y = torch.rand(2, 1, 64, 64) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(nets.G(y), y, atol=1e-7)  # G starts as the identity: it adds no noise yet
+        assert not torch.allclose(nets.F(y), y, atol=1e-2)  # F is the official tanh generator
+    assert nets.G.residual and not nets.F.residual
+    # without the option both are the official generator
+    plain = ISCLNetworks(net.model_copy(update={"residual_noise_generator": False}), torch.Generator().manual_seed(0))
+    assert not plain.G.residual and not plain.F.residual
+
+
+def test_noise_channels_draw_anew_each_call_and_repeat_after_reseed():
+    torch.manual_seed(0)
+    g = Generator(width=4, n_res=1, residual=True, noise_channels=2)
+    y = torch.rand(2, 1, 37, 50) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(g(y), y, atol=1e-7)  # zero head: the identity whatever z is
+        for p in g.parameters():  # give the head something to do
+            p.add_(0.05 * torch.randn_like(p))
+        g.reseed(3)
+        a, b = g(y), g(y)
+        g.reseed(3)
+        c = g(y)
+        global_state = torch.get_rng_state()
+        g(y)
+        assert torch.equal(torch.get_rng_state(), global_state)  # its own RNG, never torch's global one
+    assert a.shape == y.shape and not torch.allclose(a, b) and torch.equal(a, c)
+    assert g.encoder[0][1].in_channels == 3 and g.head.in_channels == 4 + 2

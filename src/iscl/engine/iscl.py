@@ -51,7 +51,7 @@ class ISCLNetworks(nn.Module):
         # the networks are built on the CPU, so only the CPU RNG is forked (devices=[]: no CUDA state touched)
         with torch.random.fork_rng(devices=[], enabled=generator is not None):
             self.F = make_generator(c)
-            self.G = make_generator(c)
+            self.G = make_generator(c, "G")
             self.H = make_extractor(c)
             self.D_X = make_discriminator(c)
             self.D_Y = make_discriminator(c)
@@ -306,6 +306,9 @@ class ISCL:
             x, y = x.contiguous(memory_format=torch.channels_last), y.contiguous(memory_format=torch.channels_last)
         out: dict[str, Any] = {}
         self.skipped = []
+        if self.nets.G.noise_channels:
+            # G's random input: a stream per step, so a resumed run draws what the uninterrupted one drew
+            self.nets.G.reseed(self.train_config.seed * 1_000_003 + self.step)
         out.update(self.d_step(x, y))
         out.update(self.fg_step(x, y))
         out.update(self.h_step(x, y))

@@ -68,7 +68,7 @@ class CycleGAN(MethodBase):
         self.device = torch.device(device)
         gen = torch.Generator().manual_seed(t.seed)
         F = init_weights_(make_generator(net), t.init_std, gen)
-        G = init_weights_(make_generator(net), t.init_std, gen)
+        G = init_weights_(make_generator(net, "G"), t.init_std, gen)
         D_X = init_weights_(make_discriminator(net), t.init_std, gen)
         D_Y = init_weights_(make_discriminator(net), t.init_std, gen)
         for m in (F, G, D_X, D_Y):

@@ -65,6 +65,11 @@ class Generator(nn.Module):
     residual : bool
         ``x + head(h)`` with a zero-initialised head instead of ``tanh(head(h))`` (needs
         ``out_channels == in_channels``).
+    noise_channels : int
+        Not in the official model: channels of standard normal noise z, drawn anew at every call, that are
+        concatenated to the input and to the head's input. G(y, z) can then draw noise (z filtered by the
+        head, modulated through the encoder) instead of having to make "noise" a fixed function of y. The
+        draws come from the generator's own RNG (:meth:`reseed`), never from torch's global one.
 
     Shape: (N, 1, H, W) → (N, out_channels, H, W), input on [-1, 1], output on (-1, 1) (residual:
     unbounded, starting equal to the input). H and W of any size ≥ 4: sides that are not multiples
@@ -72,15 +77,20 @@ class Generator(nn.Module):
     """
 
     def __init__(self, out_channels: int = 1, width: int = 32, n_res: int = 3, in_channels: int = 1,
-                 residual: bool = False):
+                 residual: bool = False, noise_channels: int = 0):
         super().__init__()
         if residual and out_channels != in_channels:
             raise ValueError(f"a residual generator needs out_channels == in_channels, got {out_channels} "
                              f"and {in_channels}")
+        if noise_channels < 0:
+            raise ValueError(f"noise_channels must be >= 0, got {noise_channels}")
         self.residual = residual
+        self.noise_channels = noise_channels
+        self._noise_rng: torch.Generator | None = None
+        self._noise_seed = 0
         w = width
         self.encoder = nn.Sequential(
-            _ConvNormAct(in_channels, w, 7, 1, 3),
+            _ConvNormAct(in_channels + noise_channels, w, 7, 1, 3),
             _ConvNormAct(w, 2 * w, 4, 2, 1),
             _ConvNormAct(2 * w, 4 * w, 4, 2, 1),
         )
@@ -93,7 +103,7 @@ class Generator(nn.Module):
             BatchInstanceNorm(w, inplace=True),
             nn.LeakyReLU(LEAKY_SLOPE, inplace=True),
         )
-        self.head = nn.Conv2d(w, out_channels, 7)
+        self.head = nn.Conv2d(w + noise_channels, out_channels, 7)
         self.head.zero_init = residual  # truncated_normal_init_ zeroes it: the identity at the start
         truncated_normal_init_(self)
 
@@ -103,7 +113,12 @@ class Generator(nn.Module):
         if ph or pw:
             # mirror-extend to a multiple of 4 (the two stride-2 stages need it), crop back at the end
             x = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(height, width) > max(ph, pw) else "replicate")
-        h = self.decoder(self.blocks(self.encoder(x)))
+        if self.noise_channels:
+            z = self._draw(x)
+            h = self.decoder(self.blocks(self.encoder(torch.cat([x, z], 1))))
+            h = torch.cat([h, z.to(h.dtype)], 1)
+        else:
+            h = self.decoder(self.blocks(self.encoder(x)))
         out = self.head(symmetric_pad(h, 3))
         if not self.residual:
             out = torch.tanh(out)
@@ -113,5 +128,20 @@ class Generator(nn.Module):
             out = out.add_(x)  # prediction: no new full-size tensor
         return out[..., :height, :width]
 
+    def reseed(self, seed: int) -> None:
+        """Restart the noise draws from ``seed`` (the trainer reseeds every step, so resuming is exact)."""
+        self._noise_seed = int(seed)
+        self._noise_rng = None
+
+    def _draw(self, x: torch.Tensor) -> torch.Tensor:
+        rng = self._noise_rng
+        if rng is None or rng.device != x.device:
+            rng = self._noise_rng = torch.Generator(device=x.device).manual_seed(self._noise_seed)
+        n, _, h, w = x.shape
+        return torch.randn((n, self.noise_channels, h, w), generator=rng, device=x.device, dtype=torch.float32)
+
     def extra_repr(self) -> str:
-        return "residual=True" if self.residual else ""
+        parts = ["residual=True"] * self.residual
+        if self.noise_channels:
+            parts.append(f"noise_channels={self.noise_channels}")
+        return ", ".join(parts)
