@@ -16,6 +16,7 @@ OFF = {
     "train.warmup_steps": 0,
     "train.d_lr_scale": 1.0,
     "train.identity_weight": 0.0,
+    "train.cycle_without_draw": False,
     "train.lowpass_weight": 0.0,
     "train.pseudo_noise_weight": 1.0,
     "train.extractor_identity_weight": 0.0,

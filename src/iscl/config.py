@@ -96,6 +96,9 @@ class TrainConfig(_Strict):
         0.0, ge=0, description="weight of a tone term |blur(F(x)) - blur(x)| + |blur(G(y)) - blur(y)| (the generators "
         "keep their input's local mean, as zero-mean noise does), with the same λ scaling as cycle and bypass")
     lowpass_sigma: float = Field(2.0, gt=0, description="the tone term's Gaussian blur, in pixels")
+    cycle_without_draw: bool = Field(
+        False, description="with noise_generator_channels: G gets z = 0 in the cycle G(F(x)) = x (a cycle back to "
+        "one particular noisy image cannot be met by a random draw, and would teach G to ignore z)")
     extractor_identity_weight: float = Field(
         0.0, ge=0, description="weight of a term |H(y)| on clean images (nothing to extract from a clean image), "
         "added to H's objective")

@@ -200,3 +200,17 @@ def test_extractor_identity_term_is_mean_abs_h_of_the_clean_batch_with_its_weigh
     assert rec["h_total"].item() == pytest.approx(
         0.5 * rec["h_pseudo_noise"].item() + rec["h_noise_consistency"].item() + 2.0 * expected, rel=1e-5)
     assert "h_no_noise" not in ISCL(tiny_config.network, tiny_config.train).h_step(x, y)
+
+
+@pytest.mark.parametrize("without_draw", [False, True])
+def test_cycle_without_draw_feeds_g_zero_noise_in_the_x_cycle_only(tiny_config, without_draw):
+    tiny_config.network.noise_generator_channels = 1
+    tiny_config.train.cycle_without_draw = without_draw
+    model = ISCL(tiny_config.network, tiny_config.train, generator=torch.Generator().manual_seed(0))
+    calls: list[tuple[tuple, bool]] = []
+    model.nets.G.register_forward_pre_hook(
+        lambda m, args, kwargs: calls.append((tuple(args[0].shape), kwargs.get("draw", True))), with_kwargs=True)
+    x, y = torch.rand(2, 2, 1, 64, 64) * 2 - 1
+    model.fg_step(x, y)
+    # G(y) draws, G(F(x)) draws unless the option says otherwise
+    assert [d for _, d in calls] == [True, not without_draw]

@@ -129,3 +129,13 @@ def test_noise_channels_draw_anew_each_call_and_repeat_after_reseed():
         assert torch.equal(torch.get_rng_state(), global_state)  # its own RNG, never torch's global one
     assert a.shape == y.shape and not torch.allclose(a, b) and torch.equal(a, c)
     assert g.encoder[0][1].in_channels == 3 and g.head.in_channels == 4 + 2
+
+
+def test_draw_false_feeds_zero_noise():
+    torch.manual_seed(0)
+    g = Generator(width=4, n_res=1, noise_channels=1)
+    y = torch.rand(1, 1, 32, 32) * 2 - 1
+    with torch.no_grad():
+        a, b = g(y, draw=False), g(y, draw=False)
+        # the same as the network with its noise weights removed and z = 0
+        assert torch.equal(a, b) and not torch.equal(a, g(y))

@@ -97,8 +97,9 @@ class GeneratorObjective(nn.Module):
     trained here (and DDP must not wait for their gradients)."""
 
     def __init__(self, F: nn.Module, G: nn.Module, D_X: nn.Module, D_Y: nn.Module, identity: bool = False,
-                 lowpass_sigma: float | None = None):
+                 lowpass_sigma: float | None = None, cycle_draw: bool = True):
         super().__init__()
+        self.cycle_draw = cycle_draw  # False: G(F(x)) with z = 0 (a G with noise channels; not official)
         self.F, self.G = F, G
         self.critics = (D_X, D_Y)
         self.identity = identity  # also return |F(y) - y| (one more pass of F; not in the official method)
@@ -113,7 +114,7 @@ class GeneratorObjective(nn.Module):
         f_x = F(x)
         g_y = G(y)
         f_pseudo_noisy = F(pseudo_noisy)
-        x_cycled = G(f_x)
+        x_cycled = G(f_x) if self.cycle_draw else self.G(f_x, draw=False).float()
         y_cycled = F(g_y)
         adv_clean = losses.adversarial_generator(D_Y(f_x).float())
         adv_noisy = losses.adversarial_generator(D_X(g_y).float())
@@ -193,7 +194,9 @@ class ISCL:
         n = self.nets
         objectives = (DiscriminatorObjective(n.D_X, n.D_Y),
                       GeneratorObjective(n.F, n.G, n.D_X, n.D_Y, identity=train.identity_weight > 0,
-                                         lowpass_sigma=train.lowpass_sigma if train.lowpass_weight > 0 else None),
+                                         lowpass_sigma=train.lowpass_sigma if train.lowpass_weight > 0 else None,
+                                         cycle_draw=not (train.cycle_without_draw
+                                                         and network.noise_generator_channels > 0)),
                       ExtractorObjective(n.H, clean=train.extractor_identity_weight > 0))
         if distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP

@@ -107,14 +107,15 @@ class Generator(nn.Module):
         self.head.zero_init = residual  # truncated_normal_init_ zeroes it: the identity at the start
         truncated_normal_init_(self)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, draw: bool = True) -> torch.Tensor:
+        """``draw=False`` feeds z = 0 instead of a random draw (generators with ``noise_channels`` only)."""
         height, width = x.shape[-2:]
         ph, pw = (-height) % 4, (-width) % 4
         if ph or pw:
             # mirror-extend to a multiple of 4 (the two stride-2 stages need it), crop back at the end
             x = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(height, width) > max(ph, pw) else "replicate")
         if self.noise_channels:
-            z = self._draw(x)
+            z = self._draw(x) if draw else x.new_zeros((x.shape[0], self.noise_channels, *x.shape[2:]))
             h = self.decoder(self.blocks(self.encoder(torch.cat([x, z], 1))))
             h = torch.cat([h, z.to(h.dtype)], 1)
         else:
