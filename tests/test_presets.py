@@ -19,6 +19,8 @@ OFF = {
     "train.cycle_without_draw": False,
     "train.lowpass_weight": 0.0,
     "train.pseudo_noise_weight": 1.0,
+    "train.noise_consistency_weight": 1.0,
+    "train.extractor_renoise_weight": 0.0,
     "train.extractor_identity_weight": 0.0,
     "normalization.headroom": 0.0,
     "train.augment": "dihedral",

@@ -105,6 +105,12 @@ class TrainConfig(_Strict):
     pseudo_noise_weight: float = Field(
         1.0, ge=0, description="weight of H's pseudo-noise term |H(x) - (x - F(x))| against its noise-consistency "
         "term (1 in the official method)")
+    noise_consistency_weight: float = Field(
+        1.0, ge=0, description="weight of H's noise-consistency term |H(G(y)) - (G(y) - y)| (1 in the official "
+        "method)")
+    extractor_renoise_weight: float = Field(
+        0.0, ge=0, description="weight of a term |H(y + H(x)) - H(x)| (H(x) held fixed): the noise H finds in a real "
+        "noisy image, laid on an unrelated clean image, is what H must find there; added to H's objective")
     collapse_guard: bool = Field(
         False, description="on a collapse (F constant, or D winning completely, for guard_patience steps) go back "
         "to the last good state and continue with half the learning rate, at most guard_max_restarts times")

@@ -109,6 +109,17 @@ def no_noise(h_y: torch.Tensor) -> torch.Tensor:
     return h_y.abs().mean()
 
 
+def renoise_consistency(h_pseudo_noisy: torch.Tensor, h_x: torch.Tensor) -> torch.Tensor:
+    """``mean|H(y + H(x)) - H(x)|`` with ``H(x)`` held fixed (detached by the caller): the noise H finds in a
+    real noisy image, laid on an unrelated clean image, is what H must find there.
+
+    A noisy image with known noise, made of the real noise H extracts rather than of G's imitation. Not in
+    ISCL: an option (``TrainConfig.extractor_renoise_weight``), off in ``paper``.
+    """
+    _same_shape("renoise_consistency", h_pseudo_noisy, h_x)
+    return (h_pseudo_noisy - h_x).abs().mean()
+
+
 def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of (N, C, H, W) images, truncated at 3 sigma, reflect-padded (same shape).
 

@@ -214,3 +214,56 @@ def test_cycle_without_draw_feeds_g_zero_noise_in_the_x_cycle_only(tiny_config, 
     model.fg_step(x, y)
     # G(y) draws, G(F(x)) draws unless the option says otherwise
     assert [d for _, d in calls] == [True, not without_draw]
+
+
+def test_noise_consistency_weight_zero_trains_h_without_g(tiny_config):
+    # with the weight at 0, H's update must not depend on G at all: scramble G and get the same H
+    cfg = tiny_config.model_copy(deep=True)
+    cfg.train.noise_consistency_weight = 0.0
+    x, y = torch.rand(2, 1, 64, 64) * 2 - 1, torch.rand(2, 1, 64, 64) * 2 - 1
+    hs = []
+    for scramble in (False, True):
+        m = ISCL(cfg.network, cfg.train, generator=torch.Generator().manual_seed(0))
+        if scramble:
+            with torch.no_grad():
+                for p in m.nets.G.parameters():
+                    p.add_(torch.randn_like(p))
+        rec = m.h_step(x, y)
+        assert rec["h_total"].item() == pytest.approx(rec["h_pseudo_noise"].item())
+        hs.append([p.detach().clone() for p in m.nets.H.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*hs))
+
+
+def test_renoise_term_is_h_of_y_plus_fixed_h_x_against_h_x_with_its_weight(tiny_config):
+    cfg = tiny_config.model_copy(deep=True)
+    cfg.train.extractor_renoise_weight = 3.0
+    m = ISCL(cfg.network, cfg.train, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # a non-zero H, so that H(x) is a real noise map
+        for p in m.nets.H.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x, y = torch.rand(2, 1, 64, 64) * 2 - 1, torch.rand(2, 1, 64, 64) * 2 - 1
+    with torch.no_grad():
+        n = m.nets.H(x)
+        expected = (m.nets.H(y + n) - n).abs().mean().item()
+    rec = m.h_step(x, y)
+    assert expected > 0 and rec["h_renoise"].item() == pytest.approx(expected, rel=1e-5)
+    assert rec["h_total"].item() == pytest.approx(
+        rec["h_pseudo_noise"].item() + rec["h_noise_consistency"].item() + 3.0 * expected, rel=1e-5)
+    assert "h_renoise" not in ISCL(tiny_config.network, tiny_config.train).h_step(x, y)
+
+
+def test_renoise_target_is_held_fixed(tiny_config):
+    # the gradient flows through H(y + n) only, not through the target n = H(x)
+    cfg = tiny_config.model_copy(deep=True)
+    cfg.train.extractor_renoise_weight = 1.0
+    m = ISCL(cfg.network, cfg.train, generator=torch.Generator().manual_seed(0))
+    H = m.nets.H
+    with torch.no_grad():
+        for p in H.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x, y = torch.rand(2, 1, 64, 64) * 2 - 1, torch.rand(2, 1, 64, 64) * 2 - 1
+    renoise = m.h_objective(x, y, x, y)[3]
+    got = torch.autograd.grad(renoise, list(H.parameters()))
+    n = H(x).detach()
+    want = torch.autograd.grad((H(y + n) - n).abs().mean(), list(H.parameters()))
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(got, want))

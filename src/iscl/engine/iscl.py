@@ -131,16 +131,22 @@ class GeneratorObjective(nn.Module):
 class ExtractorObjective(nn.Module):
     """The H step's loss terms (two separate passes of H)."""
 
-    def __init__(self, H: nn.Module, clean: bool = False):
+    def __init__(self, H: nn.Module, clean: bool = False, renoise: bool = False):
         super().__init__()
         self.H = H
         self.clean = clean  # also return |H(y)| (one more pass of H; not in the official method)
+        self.renoise = renoise  # also return |H(y + H(x)) - H(x)| (one more pass; not in the official method)
 
     def forward(self, x, y, f_x, g_y):  # noqa: D102
-        pseudo = losses.pseudo_noise(self.H(x).float(), x, f_x)
+        h_x = self.H(x).float()
+        pseudo = losses.pseudo_noise(h_x, x, f_x)
         consistency = losses.noise_consistency(self.H(g_y).float(), g_y, y)
         no_noise = losses.no_noise(self.H(y).float()) if self.clean else None
-        return pseudo, consistency, no_noise
+        renoise = None
+        if self.renoise:
+            n = h_x.detach()
+            renoise = losses.renoise_consistency(self.H(y + n).float(), n)
+        return pseudo, consistency, no_noise, renoise
 
 
 def blend(f: torch.Tensor, bypass: torch.Tensor, gamma: float = 0.5) -> torch.Tensor:
@@ -197,7 +203,8 @@ class ISCL:
                                          lowpass_sigma=train.lowpass_sigma if train.lowpass_weight > 0 else None,
                                          cycle_draw=not (train.cycle_without_draw
                                                          and network.noise_generator_channels > 0)),
-                      ExtractorObjective(n.H, clean=train.extractor_identity_weight > 0))
+                      ExtractorObjective(n.H, clean=train.extractor_identity_weight > 0,
+                                         renoise=train.extractor_renoise_weight > 0))
         if distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -285,13 +292,16 @@ class ISCL:
             with torch.no_grad():
                 f_x = n.F(x).float()
                 g_y = n.G(y).float()
-            pseudo, consistency, no_noise = self.h_objective(x, y, f_x, g_y)
+            pseudo, consistency, no_noise, renoise = self.h_objective(x, y, f_x, g_y)
         t = self.train_config
-        total = t.pseudo_noise_weight * pseudo + consistency
+        total = t.pseudo_noise_weight * pseudo + t.noise_consistency_weight * consistency
         terms = dict(h_pseudo_noise=pseudo, h_noise_consistency=consistency)
         if no_noise is not None:
             total = total + t.extractor_identity_weight * no_noise
             terms["h_no_noise"] = no_noise
+        if renoise is not None:
+            total = total + t.extractor_renoise_weight * renoise
+            terms["h_renoise"] = renoise
         gnorm = self._update("h", total, terms, self.opt_h, list(n.H.parameters()))
         clamp_rho_(n.H)
         _advance(self.sched_h)
