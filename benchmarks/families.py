@@ -84,17 +84,21 @@ def _alt_task(args: tuple) -> tuple[np.ndarray | None, np.ndarray | None]:
     return _alt_image(*args)
 
 
-def _alt(task: str, n_train: int, n_val: int, workers: int) -> Split:
-    key = json.dumps({"task": task, "n_train": n_train, "n_val": n_val, "size": ALT_SIZE, "v": 1,
-                      "params": [asdict(c) for c in (ALT_TISSUE, ALT_FILM, ALT_FILM_SHOT, ALT_CHARGE, ALT_CHARGE_SHOT,
-                                                     ALT_PHANTOM, ALT_SCAN)]}, sort_keys=True, default=str)
+def _alt(task: str, n_train: int, n_val: int, workers: int, val_seed: int = ALT_VALIDATION_SEED) -> Split:
+    """The alt family's pools and ``n_val`` pairs drawn with ``val_seed`` (another seed: other paired images)."""
+    spec = {"task": task, "n_train": n_train, "n_val": n_val, "size": ALT_SIZE, "v": 1,
+            "params": [asdict(c) for c in (ALT_TISSUE, ALT_FILM, ALT_FILM_SHOT, ALT_CHARGE, ALT_CHARGE_SHOT,
+                                           ALT_PHANTOM, ALT_SCAN)]}
+    if val_seed != ALT_VALIDATION_SEED:  # (the default stays out of the key: existing caches keep their names)
+        spec["val_seed"] = val_seed
+    key = json.dumps(spec, sort_keys=True, default=str)
     path = Path(os.environ.get("ISCL_CACHE_DIR") or default_cache_dir()) / "families" / (
         f"alt-{task}-{hashlib.sha256(key.encode()).hexdigest()[:12]}.npz")
     if path.exists():
         with np.load(path) as z:
             return Split(*(z[k] for k in ("train_clean", "train_noisy", "val_clean", "val_noisy")))
     jobs = ([(task, ALT_POOL_SEED, pool, i) for pool in (0, 1) for i in range(n_train)]
-            + [(task, ALT_VALIDATION_SEED, 2, i) for i in range(n_val)])
+            + [(task, val_seed, 2, i) for i in range(n_val)])
     with ProcessPoolExecutor(workers) as pool:
         out = list(pool.map(_alt_task, jobs, chunksize=4))
     tc = np.stack([c for c, _ in out[:n_train]])

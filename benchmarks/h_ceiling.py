@@ -46,15 +46,8 @@ def training_pairs(family: str, task: str, n: int) -> tuple[np.ndarray, np.ndarr
     if family == "sim":
         d = load_dataset(task, seed=PAIR_SEED, n_train=1, n_test=n)
         return d.test_noisy, d.test_clean
-    # the alt family's validation generator, at another seed (its pools are unpaired by construction)
-    import families
-
-    old = families.ALT_VALIDATION_SEED
-    families.ALT_VALIDATION_SEED = PAIR_SEED
-    try:
-        s = _alt(task, 1, n, 2)
-    finally:
-        families.ALT_VALIDATION_SEED = old
+    # the alt family's paired generator at another seed (its pools are unpaired by construction)
+    s = _alt(task, 1, n, 2, val_seed=PAIR_SEED)
     return s.val_noisy, s.val_clean
 
 
