@@ -22,6 +22,8 @@ OFF = {
     "train.noise_consistency_weight": 1.0,
     "train.extractor_renoise_weight": 0.0,
     "train.extractor_identity_weight": 0.0,
+    "train.extractor_adversarial_weight": 0.0,
+    "train.extractor_transplant_weight": 0.0,
     "normalization.headroom": 0.0,
     "train.augment": "dihedral",
     "train.min_patch_std": 0.0,

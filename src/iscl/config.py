@@ -111,6 +111,13 @@ class TrainConfig(_Strict):
     extractor_renoise_weight: float = Field(
         0.0, ge=0, description="weight of a term |H(y + H(x)) - H(x)| (H(x) held fixed): the noise H finds in a real "
         "noisy image, laid on an unrelated clean image, is what H must find there; added to H's objective")
+    extractor_adversarial_weight: float = Field(
+        0.0, ge=0, description="weight of an adversarial term for H, -mean D_Y(x - H(x)): the bypass must look clean "
+        "to D_Y (the boosting term already trains D_Y to catch it); added to H's objective, which in the official "
+        "method learns only from F's residual and G's noise")
+    extractor_transplant_weight: float = Field(
+        0.0, ge=0, description="weight of an adversarial term for H, -mean D_X(y + H(x)): the noise H extracts, laid "
+        "on an unrelated clean image, must look like real noise to D_X; added to H's objective")
     collapse_guard: bool = Field(
         False, description="on a collapse (F constant, or D winning completely, for guard_patience steps) go back "
         "to the last good state and continue with half the learning rate, at most guard_max_restarts times")

@@ -253,3 +253,50 @@ def test_renoise_target_is_held_fixed(tiny_config):
     n = H(x).detach()
     want = torch.autograd.grad((H(y + n) - n).abs().mean(), list(H.parameters()))
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(got, want))
+
+
+@pytest.mark.parametrize("field,term,critic,image", [
+    ("extractor_adversarial_weight", "h_adv_clean", "D_Y", lambda x, y, n: x - n),
+    ("extractor_transplant_weight", "h_adv_noisy", "D_X", lambda x, y, n: y + n),
+])
+def test_extractor_adversarial_terms_are_minus_the_critic_on_the_pseudo_image_with_their_weight(
+        tiny_config, field, term, critic, image):
+    cfg = tiny_config.model_copy(deep=True)
+    setattr(cfg.train, field, 0.5)
+    m = ISCL(cfg.network, cfg.train, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # a non-zero H, so that the pseudo image is not x or y itself
+        for p in m.nets.H.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x, y = torch.rand(2, 1, 64, 64) * 2 - 1, torch.rand(2, 1, 64, 64) * 2 - 1
+    D = getattr(m.nets, critic)
+    d_before = [p.detach().clone() for p in D.parameters()]
+    with torch.no_grad():
+        expected = -D(image(x, y, m.nets.H(x))).mean().item()
+    rec = m.h_step(x, y)
+    assert rec[term].item() == pytest.approx(expected, rel=1e-5)
+    assert rec["h_total"].item() == pytest.approx(
+        rec["h_pseudo_noise"].item() + rec["h_noise_consistency"].item() + 0.5 * expected, rel=1e-5)
+    # the critic is only looked at: not updated, no gradient left on it
+    assert all(torch.equal(a, b) for a, b in zip(d_before, D.parameters()))
+    assert all(p.grad is None and p.requires_grad for p in D.parameters())
+    assert term not in ISCL(tiny_config.network, tiny_config.train).h_step(x, y)
+
+
+def test_extractor_adversarial_term_changes_h_through_the_critic(tiny_config):
+    # the term's gradient reaches H through the frozen D_Y: with the L1 terms weighted 0, H still moves
+    cfg = tiny_config.model_copy(deep=True)
+    cfg.train.pseudo_noise_weight = cfg.train.noise_consistency_weight = 0.0
+    cfg.train.extractor_adversarial_weight = 1.0
+    m = ISCL(cfg.network, cfg.train, generator=torch.Generator().manual_seed(0))
+    x, y = torch.rand(2, 1, 64, 64) * 2 - 1, torch.rand(2, 1, 64, 64) * 2 - 1
+    before = [p.detach().clone() for p in m.nets.H.parameters()]
+    m.h_step(x, y)
+    assert any(not torch.equal(a, b) for a, b in zip(before, m.nets.H.parameters()))
+
+
+def test_blend_at_gamma_zero_equals_the_formula_and_needs_no_f():
+    f, b = torch.randn(1, 1, 8, 8), torch.randn(1, 1, 8, 8) * 0.8
+    assert torch.equal(blend(None, b, 0.0), (0.0 * f + 1.0 * b).clamp(-1, 1))
+    assert torch.equal(blend(f, b, 0.0), blend(None, b, 0.0))
+    with pytest.raises(ValueError, match="gamma 0.5"):
+        blend(None, b, 0.5)

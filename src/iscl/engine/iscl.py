@@ -129,13 +129,19 @@ class GeneratorObjective(nn.Module):
 
 
 class ExtractorObjective(nn.Module):
-    """The H step's loss terms (two separate passes of H)."""
+    """The H step's loss terms (two separate passes of H). The critics, used only by the adversarial options,
+    are held in a tuple, not registered: they are not trained here."""
 
-    def __init__(self, H: nn.Module, clean: bool = False, renoise: bool = False):
+    def __init__(self, H: nn.Module, clean: bool = False, renoise: bool = False,
+                 critics: tuple[nn.Module, nn.Module] | None = None, adversarial: bool = False,
+                 transplant: bool = False):
         super().__init__()
         self.H = H
         self.clean = clean  # also return |H(y)| (one more pass of H; not in the official method)
         self.renoise = renoise  # also return |H(y + H(x)) - H(x)| (one more pass; not in the official method)
+        self.critics = critics  # (D_X, D_Y), frozen by the caller
+        self.adversarial = adversarial  # also return -D_Y(x - H(x)) (not in the official method)
+        self.transplant = transplant  # also return -D_X(y + H(x)) (not in the official method)
 
     def forward(self, x, y, f_x, g_y):  # noqa: D102
         h_x = self.H(x).float()
@@ -146,15 +152,27 @@ class ExtractorObjective(nn.Module):
         if self.renoise:
             n = h_x.detach()
             renoise = losses.renoise_consistency(self.H(y + n).float(), n)
-        return pseudo, consistency, no_noise, renoise
+        adversarial = transplant = None
+        if self.adversarial or self.transplant:
+            D_X, D_Y = self.critics
+            if self.adversarial:
+                adversarial = losses.adversarial_generator(D_Y(x - h_x).float())
+            if self.transplant:
+                transplant = losses.adversarial_generator(D_X(y + h_x).float())
+        return pseudo, consistency, no_noise, renoise, adversarial, transplant
 
 
-def blend(f: torch.Tensor, bypass: torch.Tensor, gamma: float = 0.5) -> torch.Tensor:
+def blend(f: torch.Tensor | None, bypass: torch.Tensor, gamma: float = 0.5) -> torch.Tensor:
     """ISCL's prediction (method.md §4): ``clip(γ F(x) + (1-γ)(x - H(x)), -1, 1)``.
 
     ``f`` = F(x) and ``bypass`` = x - H(x), same shape, on [-1, 1] units. The one place the formula
-    lives: whole-image, tiled and test-time-augmented prediction all call it.
+    lives: whole-image, tiled and test-time-augmented prediction all call it. At γ = 0 the result is
+    ``clip(x - H(x))`` whatever F says, so ``f`` may be ``None`` there (prediction then skips F).
     """
+    if gamma == 0:
+        return bypass.clamp(-1.0, 1.0)  # equal to the formula: 0·f + 1·b is b exactly (for finite f)
+    if f is None:
+        raise ValueError(f"blend needs F(x) for gamma {gamma}; only gamma 0 can do without it")
     return (gamma * f + (1.0 - gamma) * bypass).clamp_(-1.0, 1.0)
 
 
@@ -204,7 +222,9 @@ class ISCL:
                                          cycle_draw=not (train.cycle_without_draw
                                                          and network.noise_generator_channels > 0)),
                       ExtractorObjective(n.H, clean=train.extractor_identity_weight > 0,
-                                         renoise=train.extractor_renoise_weight > 0))
+                                         renoise=train.extractor_renoise_weight > 0, critics=(n.D_X, n.D_Y),
+                                         adversarial=train.extractor_adversarial_weight > 0,
+                                         transplant=train.extractor_transplant_weight > 0))
         if distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -286,13 +306,14 @@ class ISCL:
         return {**terms, "g_total": total, "fg_grad_norm": gnorm, "f_std": f_x.detach().std(), "x_std": x.std()}
 
     def h_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Pseudo-noise label + noise consistency for H, with the just-updated F and G (no grad)."""
+        """Pseudo-noise label + noise consistency for H, with the just-updated F and G (no grad); with the
+        adversarial options D is in the graph but frozen."""
         n = self.nets
-        with self._autocast():
+        with frozen(n.D_X, n.D_Y), self._autocast():
             with torch.no_grad():
                 f_x = n.F(x).float()
                 g_y = n.G(y).float()
-            pseudo, consistency, no_noise, renoise = self.h_objective(x, y, f_x, g_y)
+            pseudo, consistency, no_noise, renoise, adversarial, transplant = self.h_objective(x, y, f_x, g_y)
         t = self.train_config
         total = t.pseudo_noise_weight * pseudo + t.noise_consistency_weight * consistency
         terms = dict(h_pseudo_noise=pseudo, h_noise_consistency=consistency)
@@ -302,6 +323,12 @@ class ISCL:
         if renoise is not None:
             total = total + t.extractor_renoise_weight * renoise
             terms["h_renoise"] = renoise
+        if adversarial is not None:
+            total = total + t.extractor_adversarial_weight * adversarial
+            terms["h_adv_clean"] = adversarial
+        if transplant is not None:
+            total = total + t.extractor_transplant_weight * transplant
+            terms["h_adv_noisy"] = transplant
         gnorm = self._update("h", total, terms, self.opt_h, list(n.H.parameters()))
         clamp_rho_(n.H)
         _advance(self.sched_h)
