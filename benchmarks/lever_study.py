@@ -74,11 +74,15 @@ def make_trainer(cfg: Config, split: Split) -> tuple[Trainer, Normalizer]:
     return trainer, norm
 
 
-def score(trainer: Trainer, clean: np.ndarray, noisy: np.ndarray, gamma: float, norm: Normalizer) -> dict[str, float]:
-    """Validation PSNR (on [0, 1]) of the blend (SWA F), F alone, the bypass and the blend with the raw F."""
+def score(trainer: Trainer, clean: np.ndarray, noisy: np.ndarray, gamma: float, norm: Normalizer,
+          tta: bool = False) -> dict[str, float]:
+    """Validation PSNR (on [0, 1]) of the blend (SWA F), F alone, the bypass and the blend with the raw F; with
+    ``tta`` also the bypass and the blend under test-time augmentation (the 8 dihedral transforms)."""
     m = trainer.model
     out: dict[str, list[float]] = {"blend": [], "F": [], "bypass": [], "blend_raw": [], "gamma0.25": [],
                                    "gamma0.75": []}
+    if tta:
+        out.update({"bypass_tta": [], "blend_tta": []})
     for c, n in zip(clean, noisy):
         x = norm.forward(n)
         r = predict_image(m.prediction_F("swa"), m.nets.H, x, gamma=gamma, outputs=("denoised", "generator", "bypass"))
@@ -88,6 +92,10 @@ def score(trainer: Trainer, clean: np.ndarray, noisy: np.ndarray, gamma: float, 
         for k, v in (("blend", r["denoised"]), ("F", r["generator"]), ("bypass", r["bypass"]), ("blend_raw", raw),
                      ("gamma0.25", g25), ("gamma0.75", g75)):
             out[k].append(psnr(c, np.clip(norm.inverse(v), 0, 1), 1.0))
+        if tta:
+            t = predict_image(m.prediction_F("swa"), m.nets.H, x, gamma=gamma, outputs=("denoised", "bypass"), tta=True)
+            for k, v in (("blend_tta", t["denoised"]), ("bypass_tta", t["bypass"])):
+                out[k].append(psnr(c, np.clip(norm.inverse(v), 0, 1), 1.0))
     return {k: float(np.mean(v)) for k, v in out.items()}
 
 
@@ -121,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         seconds += time.perf_counter() - t0
         s = score(trainer, split.val_clean, split.val_noisy, gamma, norm)
         curve.append((trainer.model.step, s["blend"], s["F"], s["bypass"]))
-    final = score(trainer, split.val_clean, split.val_noisy, gamma, norm)
+    final = score(trainer, split.val_clean, split.val_noisy, gamma, norm, tta=True)
     noisy = float(np.mean([psnr(c, n, 1.0) for c, n in zip(split.val_clean, split.val_noisy)]))
     result = {"tag": args.tag, "family": args.family, "task": args.task, "preset": args.preset, "set": args.set,
               "steps": trainer.model.step, "seed": args.seed, "stopped": stopped, "final": final,

@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from iscl.config import parse_duration, preset  # noqa: E402
-from iscl.methods.registry import get_method  # noqa: E402
+from iscl.methods.registry import ISCLMethod, get_method  # noqa: E402
 from iscl.metrics import psnr, ssim  # noqa: E402
 from iscl.simulate.datasets import load_dataset  # noqa: E402
 from iscl.training.trainer import GAMMAS  # noqa: E402
@@ -67,10 +67,12 @@ def _batch(method: str) -> int:
 
 
 def _score(method, noisy: np.ndarray, clean: np.ndarray, tta: bool = False, gamma: float | None = None) -> dict:
-    """Mean PSNR/SSIM on [0, 1] (after clipping); ISCL rows may set test-time augmentation and gamma."""
+    """Mean PSNR/SSIM on [0, 1] (after clipping); ISCL rows say whether to use test-time augmentation (never
+    the preset's default, so that the rows with and without it are what they say) and may set gamma (None:
+    the preset's)."""
     p, s = [], []
     for x, y in zip(noisy, clean):
-        if tta or gamma is not None:
+        if isinstance(method, ISCLMethod):
             est = method.model.denoise(x, tta=tta, gamma=gamma, weights=method.weights)
         else:
             est = method.denoise(x)

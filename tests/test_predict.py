@@ -181,3 +181,21 @@ def test_error_in_a_statistics_pass_propagates_and_ends_the_paused_passes(nets_a
         # the 3rd tile fails once its first layer's statistics are known, with every other tile paused
         predict_image(F, _FailingAt(3), img, outputs=("noise",), tile=64, overlap=32)
     assert threading.active_count() == threads
+
+
+@pytest.mark.parametrize("tile", [None, 96])
+def test_gamma_zero_is_the_clipped_bypass_without_running_F(nets_and_image, tile):
+    F, H, img = nets_and_image
+    calls = []
+    handle = F.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        got = predict_image(F, H, img, gamma=0.0, tile=tile, overlap=48)
+    finally:
+        handle.remove()
+    assert calls == []  # F(x) carries weight 0: it is not computed
+    both = predict_image(F, H, img, gamma=0.0, outputs=("denoised", "bypass", "generator"), tile=tile, overlap=48)
+    assert np.array_equal(got["denoised"], both["denoised"])
+    # whole image: exactly; tiled: the tiles' clipped bypasses are averaged, equal up to float rounding
+    np.testing.assert_allclose(got["denoised"], np.clip(both["bypass"], -1, 1), rtol=0, atol=0 if tile is None else 1e-5)
+    # any other gamma still blends F in
+    assert not np.array_equal(predict_image(F, H, img, gamma=0.25, tile=tile, overlap=48)["denoised"], got["denoised"])

@@ -260,13 +260,20 @@ def _whole(F_net: nn.Module, H_net: nn.Module, x: np.ndarray, gamma: float, outp
             res["noise"] = noise[0, 0].float().cpu().numpy()
         if "bypass" in outputs:
             res["bypass"] = bypass[0, 0].float().cpu().numpy()
-        if "generator" in outputs or "denoised" in outputs:
+        if _needs_F(outputs, gamma):
             f = F_net(t).float()
             if "generator" in outputs:
                 res["generator"] = f[0, 0].float().cpu().numpy()
             if "denoised" in outputs:
                 res["denoised"] = blend(f, bypass, gamma)[0, 0].cpu().numpy()
+        elif "denoised" in outputs:
+            res["denoised"] = blend(None, bypass, gamma)[0, 0].cpu().numpy()
     return res
+
+
+def _needs_F(outputs: tuple[str, ...], gamma: float) -> bool:
+    """Whether F must run: for its own output, or for a blend with γ > 0 (at γ = 0 the blend is x - H(x))."""
+    return "generator" in outputs or ("denoised" in outputs and gamma != 0)
 
 
 def predict_image(F_net: nn.Module, H_net: nn.Module, image: np.ndarray, *, gamma: float = 0.5,
@@ -340,7 +347,7 @@ def _predict(F_net: nn.Module, H_net: nn.Module, image: np.ndarray, gamma: float
     hp, wp = h + (-h) % 4, w + (-w) % 4  # the generator's padded size
     tiles = plan_tiles(hp, wp, tile, overlap)
     stat_tiles = _spread(tiles, stats_tiles)
-    nets = [(H_net, False)] + ([(F_net, True)] if "generator" in outputs or "denoised" in outputs else [])
+    nets = [(H_net, False)] + ([(F_net, True)] if _needs_F(outputs, gamma) else [])
     n_layers = [sum(isinstance(m, BatchInstanceNorm) for m in net.modules()) for net, _ in nets]
     total = sum(n + 1 for n in n_layers) * len(stat_tiles) + len(tiles)
     done = 0
