@@ -196,6 +196,7 @@ def test_gamma_zero_is_the_clipped_bypass_without_running_F(nets_and_image, tile
     both = predict_image(F, H, img, gamma=0.0, outputs=("denoised", "bypass", "generator"), tile=tile, overlap=48)
     assert np.array_equal(got["denoised"], both["denoised"])
     # whole image: exactly; tiled: the tiles' clipped bypasses are averaged, equal up to float rounding
-    np.testing.assert_allclose(got["denoised"], np.clip(both["bypass"], -1, 1), rtol=0, atol=0 if tile is None else 1e-5)
+    np.testing.assert_allclose(got["denoised"], np.clip(both["bypass"], -1, 1), rtol=0,
+                               atol=0 if tile is None else 1e-5)
     # any other gamma still blends F in
     assert not np.array_equal(predict_image(F, H, img, gamma=0.25, tile=tile, overlap=48)["denoised"], got["denoised"])
