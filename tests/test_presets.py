@@ -12,6 +12,7 @@ OFF = {
     "network.residual_noise_generator": False,
     "network.noise_generator_channels": 0,
     "network.extractor_zero_head": False,
+    "network.extractor_dilations": (),
     "train.schedule": "linear",
     "train.warmup_steps": 0,
     "train.d_lr_scale": 1.0,

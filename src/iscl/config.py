@@ -29,8 +29,8 @@ class _Strict(BaseModel):
 class NetworkConfig(_Strict):
     """Widths and depths of the five networks (official: 32 / 3 / 32 / 20 / 32).
 
-    ``residual_generators``, ``residual_noise_generator``, ``noise_generator_channels`` and
-    ``extractor_zero_head`` are not in the official method (off in ``paper``).
+    ``residual_generators``, ``residual_noise_generator``, ``noise_generator_channels``,
+    ``extractor_zero_head`` and ``extractor_dilations`` are not in the official method (off in ``paper``).
     """
 
     generator_width: int = Field(32, ge=1)
@@ -51,6 +51,18 @@ class NetworkConfig(_Strict):
         "of y (0: the official deterministic G)")
     extractor_zero_head: bool = Field(
         False, description="H's last layer starts at zero, so the bypass x - H(x) starts as the identity")
+    extractor_dilations: tuple[int, ...] = Field(
+        (), description="one dilation per middle layer of H (extractor_layers - 2 of them), as in IRCNN: a wider "
+        "receptive field for the same weights and FLOPs (for noise correlated over long distances: scan lines, "
+        "streaks); empty: all 1, the official H")
+
+    @model_validator(mode="after")
+    def _check_dilations(self) -> NetworkConfig:
+        d = self.extractor_dilations
+        if d and (len(d) != self.extractor_layers - 2 or min(d) < 1):
+            raise ValueError(f"extractor_dilations needs extractor_layers - 2 = {self.extractor_layers - 2} values "
+                             f">= 1, got {list(d)}")
+        return self
 
 
 class TrainConfig(_Strict):

@@ -139,3 +139,33 @@ def test_draw_false_feeds_zero_noise():
         a, b = g(y, draw=False), g(y, draw=False)
         # the same as the network with its noise weights removed and z = 0
         assert torch.equal(a, b) and not torch.equal(a, g(y))
+
+
+def _support(net, size=97):
+    # columns/rows where the output responds to a centred impulse, relative to the response to zero
+    x = torch.zeros(1, 1, size, size)
+    with torch.no_grad():
+        base = net(x)
+        x[0, 0, size // 2, size // 2] = 1.0
+        diff = (net(x) - base).abs()[0, 0]
+    rows = torch.nonzero(diff.sum(1) > 0).flatten()
+    return int(rows.max() - rows.min() + 1)
+
+
+def test_dilated_extractor_widens_the_receptive_field_with_the_same_weights():
+    from iscl.nn import NoiseExtractor
+
+    torch.manual_seed(0)
+    plain = NoiseExtractor(8, 6)
+    dilated = NoiseExtractor(8, 6, dilations=(1, 2, 4, 2))
+    assert sum(p.numel() for p in plain.parameters()) == sum(p.numel() for p in dilated.parameters())
+    from iscl.nn.norm import BatchInstanceNorm
+
+    for net in (plain, dilated):  # BIN's whole-image statistics spread any change everywhere: the
+        # receptive field is the convolutions' geometry, so measure it without them
+        net.body = torch.nn.Sequential(*[torch.nn.Identity() if isinstance(m, BatchInstanceNorm) else m
+                                         for m in net.body])
+    assert _support(plain) == 2 * 6 + 1
+    assert _support(dilated) == 3 + 2 * (1 + 2 + 4 + 2) + 2
+    with pytest.raises(ValueError, match="4 dilations"):
+        NoiseExtractor(8, 6, dilations=(1, 2))

@@ -24,8 +24,10 @@ def make_generator(net: Any, role: str = "F") -> Generator:
 
 
 def make_extractor(net: Any) -> NoiseExtractor:
-    """H: ``NoiseExtractor(extractor_width, extractor_layers, zero_head=extractor_zero_head)``."""
-    return NoiseExtractor(net.extractor_width, net.extractor_layers, zero_head=net.extractor_zero_head)
+    """H: ``NoiseExtractor(extractor_width, extractor_layers, zero_head=extractor_zero_head,
+    dilations=extractor_dilations)``."""
+    return NoiseExtractor(net.extractor_width, net.extractor_layers, zero_head=net.extractor_zero_head,
+                          dilations=getattr(net, "extractor_dilations", ()))
 
 
 def make_discriminator(net: Any) -> PatchDiscriminator:

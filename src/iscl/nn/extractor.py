@@ -24,15 +24,24 @@ class NoiseExtractor(nn.Module):
 
     ``zero_head=True`` (not in the official model) starts the last conv at zero: H(x) = 0 and the
     bypass ``x - H(x)`` is the identity at the start of training.
+
+    ``dilations`` (not in the official model): one dilation per middle layer (``n_layers - 2`` of them),
+    as in IRCNN (Zhang et al., CVPR 2017): the same weights and FLOPs, a receptive field of
+    ``3 + 2 * sum(dilations) + 2`` pixels instead of ``2 n_layers + 1``. Empty: all 1 (official).
     """
 
-    def __init__(self, width: int = 32, n_layers: int = 20, in_channels: int = 1, zero_head: bool = False):
+    def __init__(self, width: int = 32, n_layers: int = 20, in_channels: int = 1, zero_head: bool = False,
+                 dilations: tuple[int, ...] | list[int] = ()):
         super().__init__()
         if n_layers < 2:
             raise ValueError(f"NoiseExtractor needs n_layers >= 2, got {n_layers}")
+        dilations = tuple(dilations) or (1,) * (n_layers - 2)
+        if len(dilations) != n_layers - 2 or min(dilations, default=1) < 1:
+            raise ValueError(f"NoiseExtractor with {n_layers} layers needs {n_layers - 2} dilations >= 1 (one per "
+                             f"middle layer), got {list(dilations)}")
         layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, padding=1), nn.LeakyReLU(LEAKY_SLOPE, inplace=True)]
-        for _ in range(n_layers - 2):
-            layers += [nn.Conv2d(width, width, 3, padding=1), BatchInstanceNorm(width, inplace=True),
+        for d in dilations:
+            layers += [nn.Conv2d(width, width, 3, padding=d, dilation=d), BatchInstanceNorm(width, inplace=True),
                        nn.LeakyReLU(LEAKY_SLOPE, inplace=True)]
         head = nn.Conv2d(width, in_channels, 3, padding=1)
         head.zero_init = zero_head  # truncated_normal_init_ zeroes it
