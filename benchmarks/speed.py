@@ -66,17 +66,23 @@ def train_step_seconds(batch: int, repeats: int, device: str = "cpu", precision:
     return t
 
 
-def predict_seconds(size: int, repeats: int, device: str = "cpu", precision: str = "fp32") -> float:
+def predict_seconds(size: int, repeats: int, device: str = "cpu", precision: str = "fp32", name: str = "paper",
+                    gamma: float | None = None, tta: bool | None = None) -> float:
+    """Seconds to denoise one ``size``² 8-bit image with the ``name`` preset's networks (random weights); ``gamma``
+    and ``tta`` default to the preset's prediction (paper: γ 0.5, one pass; fast: γ 0 with TTA)."""
     from iscl.api import Denoiser
     from iscl.config import preset
     from iscl.data.normalize import Normalizer
-    from iscl.nn import Generator, NoiseExtractor
+    from iscl.nn.build import make_extractor, make_generator
 
     torch.manual_seed(0)
-    model = Denoiser(preset("paper"), Normalizer(low=0, high=255), Generator(), Generator(), NoiseExtractor(),
+    cfg = preset(name)
+    net = cfg.network
+    model = Denoiser(cfg, Normalizer(low=0, high=255), make_generator(net), make_generator(net), make_extractor(net),
                      device=device)
     image = np.random.default_rng(0).integers(0, 256, (size, size)).astype(np.uint8)
-    t, _ = median_seconds(_synced(lambda: model.denoise(image, precision=precision), device), repeats, warmup=1)
+    t, _ = median_seconds(_synced(lambda: model.denoise(image, precision=precision, gamma=gamma, tta=tta), device),
+                          repeats, warmup=1)
     return t
 
 
@@ -89,7 +95,9 @@ def _child(args: argparse.Namespace) -> None:
         value = train_step_seconds(args.batch, args.repeats, args.device, args.precision, args.channels_last,
                                    args.compile)
     elif args.child == "predict":
-        value = predict_seconds(args.size, args.repeats, args.device, args.precision)
+        value = predict_seconds(args.size, args.repeats, args.device, args.precision, args.preset,
+                                None if args.gamma is None else float(args.gamma),
+                                None if args.tta is None else args.tta == "on")
     else:
         value = matmul_gflops(device=args.device)
     print(json.dumps({"value": value, "peak_rss_mib": peak_rss_mib()}))
@@ -115,6 +123,12 @@ def main() -> None:
     p.add_argument("--child", choices=["train", "predict", "matmul"], help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, default=8, help=argparse.SUPPRESS)
     p.add_argument("--size", type=int, default=1024, help=argparse.SUPPRESS)
+    p.add_argument("--preset", default="paper", help=argparse.SUPPRESS)
+    p.add_argument("--gamma", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--tta", choices=["on", "off"], default=None, help=argparse.SUPPRESS)
+    p.add_argument("--fast-predict", action="store_true",
+                   help="also time prediction with the fast preset's networks: its default (γ 0 + TTA), γ 0 without "
+                        "TTA (H alone) and γ 0.5 (F + H, one pass)")
     args = p.parse_args()
     if args.child:
         _child(args)
@@ -128,6 +142,13 @@ def main() -> None:
     train = {b: _run_child("--child", "train", "--batch", b, "--repeats", r, *train_opts) for b in batches}
     pr = _run_child("--child", "predict", "--size", "1024", "--repeats", str(max(3, args.repeats // 2)), *opts)
     mpix = 1024 * 1024 / 1e6
+    fast = {}
+    if args.fast_predict:
+        pr_r = str(max(3, args.repeats // 2))
+        for key, extra in (("default_gamma0_tta", []), ("gamma0", ["--gamma", "0", "--tta", "off"]),
+                           ("gamma0.5", ["--gamma", "0.5", "--tta", "off"])):
+            fast[key] = _run_child("--child", "predict", "--size", "1024", "--repeats", pr_r, "--preset", "fast",
+                                   *extra, *opts)["value"]
     result = {
         "device": args.device, "precision": args.precision, "channels_last": args.channels_last,
         "compile": args.compile,
@@ -137,6 +158,7 @@ def main() -> None:
         "matmul_gflops": peak,
         "train_fraction_of_peak": {b: TRAIN_GFLOP_PER_SAMPLE * int(b) / t["value"] / peak for b, t in train.items()},
         "predict_fraction_of_peak": PREDICT_GFLOP_PER_MPIX * mpix / pr["value"] / peak,
+        **({"fast_predict_1024_s": fast} if fast else {}),
         "retain_freed_memory": not args.no_retain,
         "peak_rss_mib": {**{f"train_{b}": t["peak_rss_mib"] for b, t in train.items()},
                          "predict_1024": pr["peak_rss_mib"]},
@@ -155,6 +177,8 @@ def main() -> None:
               f"peak RSS {result['peak_rss_mib']['train_' + b]:.0f} MiB")
     print(f"predict 1024x1024      {pr['value']:8.3f} s   {result['predict_fraction_of_peak']:6.1%} of peak   "
           f"{result['predict_mpix_per_s']:.2f} MPix/s   peak RSS {pr['peak_rss_mib']:.0f} MiB")
+    for key, t in fast.items():
+        print(f"predict 1024x1024, fast networks, {key:18s} {t:8.3f} s")
 
 
 if __name__ == "__main__":
