@@ -75,7 +75,8 @@ def write_bmz(job: ExportJob, path: Path) -> None:
     torch.save(job.predictor.state_dict(), files / WEIGHTS_FILE)
     write_torchscript(job, files / TORCHSCRIPT_FILE)  # checked at two sizes against PyTorch
     test_in = job.sample[None, None]
-    # iscl's own whole-image prediction in image units: what iscl.load(package).denoise gives too
+    # iscl's own one-pass whole-image prediction in image units: what iscl.load(package).denoise(image, tta=False)
+    # gives too (a model trained with fast denoises with TTA by default; the exported network is one pass)
     test_out = job.model.predict(job.sample, gamma=job.gamma, weights=job.weights, tile=None, tta=False,
                                  precision="fp32")["denoised"][None, None].astype(np.float32)
     np.save(files / "test_input.npy", test_in)
