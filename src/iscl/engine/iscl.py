@@ -176,6 +176,17 @@ def blend(f: torch.Tensor | None, bypass: torch.Tensor, gamma: float = 0.5) -> t
     return (gamma * f + (1.0 - gamma) * bypass).clamp_(-1.0, 1.0)
 
 
+def _add_options(total: torch.Tensor, terms: dict[str, torch.Tensor],
+                 options: tuple[tuple[str, torch.Tensor | None, float], ...]) -> torch.Tensor:
+    """``total`` plus ``weight * value`` for every optional term that was computed (not None), in order; each
+    such term is also logged in ``terms`` under its name. (The objectives return None for an option that is off.)"""
+    for name, value, weight in options:
+        if value is not None:
+            total = total + weight * value
+            terms[name] = value
+    return total
+
+
 def _advance(scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
     """Step an LR schedule; the decay follows the step count even when an update was skipped (a
     NaN batch, or an fp16 overflow the GradScaler skipped), for which torch would warn."""
@@ -287,14 +298,9 @@ class ISCL:
                         h_x = n.H(x)
                 adv_noisy, adv_clean, cycle, bypass, identity, tone, f_x = self.fg_objective(x, y, h_x.float())
             t = self.train_config
-            consistency = cycle + bypass
             terms = dict(g_adv_noisy=adv_noisy, g_adv_clean=adv_clean, g_cycle=cycle, g_bypass=bypass)
-            if identity is not None:
-                consistency = consistency + t.identity_weight * identity
-                terms["g_identity"] = identity
-            if tone is not None:
-                consistency = consistency + t.lowpass_weight * tone
-                terms["g_tone"] = tone
+            consistency = _add_options(cycle + bypass, terms, (("g_identity", identity, t.identity_weight),
+                                                               ("g_tone", tone, t.lowpass_weight)))
             total = adv_noisy + adv_clean + t.cycle_weight * consistency
             gnorm = self._update("fg", total, terms, self.opt_fg, [*n.F.parameters(), *n.G.parameters()])
         clamp_rho_(n.F)
@@ -315,20 +321,12 @@ class ISCL:
                 g_y = n.G(y).float()
             pseudo, consistency, no_noise, renoise, adversarial, transplant = self.h_objective(x, y, f_x, g_y)
         t = self.train_config
-        total = t.pseudo_noise_weight * pseudo + t.noise_consistency_weight * consistency
         terms = dict(h_pseudo_noise=pseudo, h_noise_consistency=consistency)
-        if no_noise is not None:
-            total = total + t.extractor_identity_weight * no_noise
-            terms["h_no_noise"] = no_noise
-        if renoise is not None:
-            total = total + t.extractor_renoise_weight * renoise
-            terms["h_renoise"] = renoise
-        if adversarial is not None:
-            total = total + t.extractor_adversarial_weight * adversarial
-            terms["h_adv_clean"] = adversarial
-        if transplant is not None:
-            total = total + t.extractor_transplant_weight * transplant
-            terms["h_adv_noisy"] = transplant
+        total = _add_options(t.pseudo_noise_weight * pseudo + t.noise_consistency_weight * consistency, terms,
+                             (("h_no_noise", no_noise, t.extractor_identity_weight),
+                              ("h_renoise", renoise, t.extractor_renoise_weight),
+                              ("h_adv_clean", adversarial, t.extractor_adversarial_weight),
+                              ("h_adv_noisy", transplant, t.extractor_transplant_weight)))
         gnorm = self._update("h", total, terms, self.opt_h, list(n.H.parameters()))
         clamp_rho_(n.H)
         _advance(self.sched_h)
