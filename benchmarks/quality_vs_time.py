@@ -111,6 +111,7 @@ def run_cell(out: Path, dataset: str, method: str, budget: float, marks: list[fl
                                       "grid": {f"{gg}/{ww}": v for (gg, ww), v in grid.items()}}
         final["test_chosen"] = _score(m.view("denoised", w), ds.test_noisy, ds.test_clean, gamma=g)
         final["test_chosen_tta"] = _score(m.view("denoised", w), ds.test_noisy, ds.test_clean, tta=True, gamma=g)
+    settings = json.loads(json.dumps(m.describe(), default=str))  # before the snapshots replace the final model
     curve = []
     for mark, state in sorted(m.snapshots.items()):
         m.use_snapshot(state)
@@ -118,7 +119,7 @@ def run_cell(out: Path, dataset: str, method: str, budget: float, marks: list[fl
     cell = {"dataset": dataset, "method": method, "budget_seconds": budget, "train_seconds": m.train_seconds,
             "wall_seconds": wall, "steps": steps, "batch_size": _batch(method), "seed": seed,
             "plan": getattr(m, "budget_plan", None) or (m.history[0].get("time_budget") if m.history else None),
-            "curve": curve, "final": final, "settings": json.loads(json.dumps(m.describe(), default=str))}
+            "curve": curve, "final": final, "settings": settings}
     path = out / "cells" / f"{dataset}__{method}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
