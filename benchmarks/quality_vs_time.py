@@ -169,15 +169,17 @@ def report(out: Path, datasets: list[str], methods: list[str], meta: dict) -> No
         marks = sorted({round(c["minutes"], 3) for (dd, _), cell in cells.items() if dd == d for c in cell["curve"]})
         v = refs[d]["validation"]
         lines += [f"**{d}** (noisy {v['noisy']:.2f} dB, BM3D {v['bm3d']:.2f} dB)", "",
-                  "| method | " + " | ".join(f"{k:g} min" for k in marks) + " | steps | s/step |",
-                  "|---|" + "---|" * (len(marks) + 2)]
+                  "| method | " + " | ".join(f"{k:g} min" for k in marks) + " | final | final + TTA | steps | s/step |",
+                  "|---|" + "---|" * (len(marks) + 4)]
         for m in methods:
             cell = cells.get((d, m))
             if cell is None:
                 continue
             by = {round(c["minutes"], 3): c["psnr"] for c in cell["curve"]}
             sps = cell["train_seconds"] / max(1, cell["steps"])
+            fin, fin_tta = cell["final"]["validation"], cell["final"].get("validation_tta")
             lines.append(f"| {m} | " + " | ".join(f"{by[k]:.2f}" if k in by else "–" for k in marks)
+                         + f" | {fin['psnr']:.2f} | " + (f"{fin_tta['psnr']:.2f}" if fin_tta else "–")
                          + f" | {cell['steps']} | {sps:.2f} |")
         lines.append("")
     lines += ["Final models on the **test split** (scored once), PSNR dB / SSIM; ISCL also with test-time "
@@ -207,8 +209,17 @@ def report(out: Path, datasets: list[str], methods: list[str], meta: dict) -> No
         fig, ax = plt.subplots(figsize=(5.2, 3.6))
         for m in methods:
             cell = cells.get((d, m))
-            if cell and cell["curve"]:
-                ax.plot([c["minutes"] for c in cell["curve"]], [c["psnr"] for c in cell["curve"]], "o-", label=m, ms=3)
+            if cell is None:
+                continue
+            # the marks, then the final model at the end of training (a budget that planned its steps from the
+            # first ones can end just before the last mark, which then has no snapshot)
+            end = cell["train_seconds"] / 60.0
+            pts = [(c["minutes"], c["psnr"]) for c in cell["curve"] if c["minutes"] < end] + [
+                (end, cell["final"]["validation"]["psnr"])]
+            (line,) = ax.plot(*zip(*pts), "o-", label=m, ms=3)
+            if "validation_tta" in cell["final"]:
+                ax.plot([end], [cell["final"]["validation_tta"]["psnr"]], "*", ms=8, color=line.get_color(),
+                        label=f"{m}, final + TTA")
         ax.axhline(refs[d]["validation"]["bm3d"], color="k", lw=1, label="BM3D")
         ax.axhline(refs[d]["validation"]["noisy"], color="grey", lw=1, ls="--", label="noisy input")
         ax.set_xscale("log")
