@@ -96,8 +96,7 @@ def _child(args: argparse.Namespace) -> None:
                                    args.compile)
     elif args.child == "predict":
         value = predict_seconds(args.size, args.repeats, args.device, args.precision, args.preset,
-                                None if args.gamma is None else float(args.gamma),
-                                None if args.tta is None else args.tta == "on")
+                                args.gamma, None if args.tta is None else args.tta == "on")
     else:
         value = matmul_gflops(device=args.device)
     print(json.dumps({"value": value, "peak_rss_mib": peak_rss_mib()}))
@@ -124,7 +123,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8, help=argparse.SUPPRESS)
     p.add_argument("--size", type=int, default=1024, help=argparse.SUPPRESS)
     p.add_argument("--preset", default="paper", help=argparse.SUPPRESS)
-    p.add_argument("--gamma", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--gamma", type=float, default=None, help=argparse.SUPPRESS)
     p.add_argument("--tta", choices=["on", "off"], default=None, help=argparse.SUPPRESS)
     p.add_argument("--fast-predict", action="store_true",
                    help="also time prediction with the fast preset's networks: its default (γ 0 + TTA), γ 0 without "
@@ -140,14 +139,14 @@ def main() -> None:
     batches = [b.strip() for b in args.batches.split(",")]
     peak = _run_child("--child", "matmul", "--device", args.device)["value"]
     train = {b: _run_child("--child", "train", "--batch", b, "--repeats", r, *train_opts) for b in batches}
-    pr = _run_child("--child", "predict", "--size", "1024", "--repeats", str(max(3, args.repeats // 2)), *opts)
+    pr_repeats = str(max(3, args.repeats // 2))
+    pr = _run_child("--child", "predict", "--size", "1024", "--repeats", pr_repeats, *opts)
     mpix = 1024 * 1024 / 1e6
     fast = {}
     if args.fast_predict:
-        pr_r = str(max(3, args.repeats // 2))
         for key, extra in (("default_gamma0_tta", []), ("gamma0", ["--gamma", "0", "--tta", "off"]),
                            ("gamma0.5", ["--gamma", "0.5", "--tta", "off"])):
-            fast[key] = _run_child("--child", "predict", "--size", "1024", "--repeats", pr_r, "--preset", "fast",
+            fast[key] = _run_child("--child", "predict", "--size", "1024", "--repeats", pr_repeats, "--preset", "fast",
                                    *extra, *opts)["value"]
     result = {
         "device": args.device, "precision": args.precision, "channels_last": args.channels_last,
