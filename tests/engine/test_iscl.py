@@ -300,3 +300,32 @@ def test_blend_at_gamma_zero_equals_the_formula_and_needs_no_f():
     assert torch.equal(blend(f, b, 0.0), blend(None, b, 0.0))
     with pytest.raises(ValueError, match="gamma 0.5"):
         blend(None, b, 0.5)
+
+
+def test_flat_noise_term_is_h_against_the_known_noise_laid_on_y_with_its_weight(tiny_config):
+    from iscl.engine.flat_noise import flat_block_noise
+
+    cfg = tiny_config.model_copy(deep=True)
+    cfg.train.extractor_flat_noise_weight = 2.0
+    m = ISCL(cfg.network, cfg.train, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # a non-zero H
+        for p in m.nets.H.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x = (torch.rand(2, 1, 64, 64) * 2 - 1) * 0.3
+    y = torch.rand(2, 1, 64, 64) * 2 - 1  # near ±1 in places: y + n is clipped there, and so is its noise
+    noisy = m._flat_noisy(x, y)
+    n = flat_block_noise(x, torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + 500_009))
+    assert torch.equal(noisy, (y + n).clamp(-1, 1)) and not torch.equal(noisy, y + n)
+    with torch.no_grad():
+        expected = (m.nets.H(noisy) - (noisy - y)).abs().mean().item()
+    rec = m.h_step(x, y)
+    assert expected > 0 and rec["h_flat_noise"].item() == pytest.approx(expected, rel=1e-5)
+    assert rec["h_total"].item() == pytest.approx(
+        rec["h_pseudo_noise"].item() + rec["h_noise_consistency"].item() + 2.0 * expected, rel=1e-5)
+    # the draw follows the step, so a resumed run draws the same tiles
+    m.step = 7
+    other = ISCL(cfg.network, cfg.train, generator=torch.Generator().manual_seed(0))
+    other.step = 7
+    assert torch.equal(m._flat_noisy(x, y), other._flat_noisy(x, y))
+    assert not torch.equal(m._flat_noisy(x, y), noisy)
+    assert "h_flat_noise" not in ISCL(tiny_config.network, tiny_config.train).h_step(x, y)

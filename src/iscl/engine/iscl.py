@@ -14,6 +14,7 @@ from torch import nn
 from iscl import losses
 from iscl.config import NetworkConfig, TrainConfig
 from iscl.engine.distributed import all_true
+from iscl.engine.flat_noise import flat_block_noise
 from iscl.engine.optim import (
     Lookahead,
     make_radam,
@@ -136,14 +137,14 @@ class ExtractorObjective(nn.Module):
                  critics: tuple[nn.Module, nn.Module] | None = None, adversarial: bool = False,
                  transplant: bool = False):
         super().__init__()
-        self.H = H
+        self.H = H  # (the flat-noise option needs no flag: its pair is passed in, or None)
         self.clean = clean  # also return |H(y)| (one more pass of H; not in the official method)
         self.renoise = renoise  # also return |H(y + H(x)) - H(x)| (one more pass; not in the official method)
         self.critics = critics  # (D_X, D_Y), frozen by the caller
         self.adversarial = adversarial  # also return -D_Y(x - H(x)) (not in the official method)
         self.transplant = transplant  # also return -D_X(y + H(x)) (not in the official method)
 
-    def forward(self, x, y, f_x, g_y):  # noqa: D102
+    def forward(self, x, y, f_x, g_y, flat_noisy=None):  # noqa: D102
         h_x = self.H(x).float()
         pseudo = losses.pseudo_noise(h_x, x, f_x)
         consistency = losses.noise_consistency(self.H(g_y).float(), g_y, y)
@@ -159,7 +160,10 @@ class ExtractorObjective(nn.Module):
                 adversarial = losses.adversarial_generator(D_Y(x - h_x).float())
             if self.transplant:
                 transplant = losses.adversarial_generator(D_X(y + h_x).float())
-        return pseudo, consistency, no_noise, renoise, adversarial, transplant
+        flat = None
+        if flat_noisy is not None:  # y with flat-block noise laid on it: the noise is flat_noisy - y exactly
+            flat = losses.noise_consistency(self.H(flat_noisy).float(), flat_noisy, y)
+        return pseudo, consistency, no_noise, renoise, adversarial, transplant, flat
 
 
 def blend(f: torch.Tensor | None, bypass: torch.Tensor, gamma: float = 0.5) -> torch.Tensor:
@@ -319,18 +323,31 @@ class ISCL:
             with torch.no_grad():
                 f_x = n.F(x).float()
                 g_y = n.G(y).float()
-            pseudo, consistency, no_noise, renoise, adversarial, transplant = self.h_objective(x, y, f_x, g_y)
+            flat_noisy = self._flat_noisy(x, y)
+            pseudo, consistency, no_noise, renoise, adversarial, transplant, flat = self.h_objective(
+                x, y, f_x, g_y, flat_noisy)
         t = self.train_config
         terms = dict(h_pseudo_noise=pseudo, h_noise_consistency=consistency)
         total = _add_options(t.pseudo_noise_weight * pseudo + t.noise_consistency_weight * consistency, terms,
                              (("h_no_noise", no_noise, t.extractor_identity_weight),
                               ("h_renoise", renoise, t.extractor_renoise_weight),
                               ("h_adv_clean", adversarial, t.extractor_adversarial_weight),
-                              ("h_adv_noisy", transplant, t.extractor_transplant_weight)))
+                              ("h_adv_noisy", transplant, t.extractor_transplant_weight),
+                              ("h_flat_noise", flat, t.extractor_flat_noise_weight)))
         gnorm = self._update("h", total, terms, self.opt_h, list(n.H.parameters()))
         clamp_rho_(n.H)
         _advance(self.sched_h)
         return {**terms, "h_total": total, "h_grad_norm": gnorm}
+
+    def _flat_noisy(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+        """``clip(y + n)`` with ``n`` tiled from the flattest blocks of ``x`` (the flat-noise option), or None
+        when the option is off or no block of ``x`` is unclipped. The tiles are drawn from a CPU stream seeded by
+        the step (so a resumed run draws what the uninterrupted one drew)."""
+        if self.train_config.extractor_flat_noise_weight <= 0:
+            return None
+        rng = torch.Generator().manual_seed(self.train_config.seed * 1_000_003 + self.step + 500_009)
+        noise = flat_block_noise(x, rng)
+        return None if noise is None else (y.float() + noise).clamp(-1.0, 1.0).to(y.dtype)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         """One ISCL step on a noisy batch ``x`` and an unrelated clean batch ``y``, both (B, 1, P, P).
