@@ -99,6 +99,37 @@ def score(trainer: Trainer, clean: np.ndarray, noisy: np.ndarray, gamma: float, 
     return {k: float(np.mean(v)) for k, v in out.items()}
 
 
+EMA_DECAY = 0.99
+
+
+def average_h(trainer: Trainer) -> dict[str, torch.optim.swa_utils.AveragedModel]:
+    """Weight averages of the trainer's H, updated after every step by an ``on_step`` hook: ``swa`` (equal
+    weights over the steps after ``swa_start``·T, F's SWA rule) and ``ema`` (decay :data:`EMA_DECAY`)."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    from iscl.engine.optim import swa_should_update
+
+    H, t = trainer.model.nets.H, trainer.config.train
+    avgs = {"swa": AveragedModel(H), "ema": AveragedModel(H, multi_avg_fn=get_ema_multi_avg_fn(EMA_DECAY))}
+
+    def update(tr: Trainer, record: dict) -> None:
+        if swa_should_update(tr.model.step, t.steps, t.swa_start):
+            avgs["swa"].update_parameters(H)
+        avgs["ema"].update_parameters(H)
+
+    trainer.on_step = update
+    return avgs
+
+
+def bypass_tta(H: torch.nn.Module, clean: np.ndarray, noisy: np.ndarray, norm: Normalizer) -> float:
+    """Validation PSNR (on [0, 1]) of the bypass x - H(x) under test-time augmentation."""
+    out = []
+    for c, n in zip(clean, noisy):
+        b = predict_image(H, H, norm.forward(n), gamma=0.0, outputs=("bypass",), tta=True)["bypass"]
+        out.append(psnr(c, np.clip(norm.inverse(b), 0, 1), 1.0))
+    return float(np.mean(out))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--family", choices=FAMILIES, required=True)
@@ -110,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tag", default="")
     p.add_argument("--out", type=Path, required=True, help="JSON-lines file the result is appended to")
+    p.add_argument("--average-h", action="store_true",
+                   help="also keep weight averages of H (SWA over the steps F's SWA covers, and an EMA with decay "
+                        f"{EMA_DECAY}) and score the bypass with TTA for each, beside the trained H")
     args = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
 
@@ -117,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = apply_overrides(preset(args.preset), args.set)
     cfg.train.steps, cfg.train.seed = args.steps, args.seed
     trainer, norm = make_trainer(cfg, split)
+    averages = average_h(trainer) if args.average_h else {}
     curve, seconds, stopped = [], 0.0, None
     gamma = cfg.predict.gamma
     for stop in range(args.eval_every, args.steps + args.eval_every, args.eval_every):
@@ -130,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         s = score(trainer, split.val_clean, split.val_noisy, gamma, norm)
         curve.append((trainer.model.step, s["blend"], s["F"], s["bypass"]))
     final = score(trainer, split.val_clean, split.val_noisy, gamma, norm, tta=True)
+    for name, avg in averages.items():  # the same final model, its H replaced by a weight average
+        final[f"bypass_tta_h{name}"] = bypass_tta(avg.module, split.val_clean, split.val_noisy, norm)
     noisy = float(np.mean([psnr(c, n, 1.0) for c, n in zip(split.val_clean, split.val_noisy)]))
     result = {"tag": args.tag, "family": args.family, "task": args.task, "preset": args.preset, "set": args.set,
               "steps": trainer.model.step, "seed": args.seed, "stopped": stopped, "final": final,
