@@ -49,10 +49,18 @@ def _fast_bf16():
     return cfg
 
 
+def _fast_flat():
+    """``fast`` with H also learning from flat-block noise laid on clean images (screen 11's candidate)."""
+    cfg = preset("fast")
+    cfg.train.extractor_flat_noise_weight = 1.0
+    return cfg
+
+
 # name -> (registry family, constructor arguments, batch size)
 METHODS = {
     "iscl-fast": ("iscl", {"config": "fast"}, None),
     "iscl-fast-bf16": ("iscl", {"config": _fast_bf16()}, None),
+    "iscl-fast-flat": ("iscl", {"config": _fast_flat()}, None),
     "iscl-paper": ("iscl", {"config": "paper"}, None),
     # n2v's example notebooks train with batches of 128 patches; the budget is time, so its own choice
     "blindspot": ("blindspot", {}, 128),

@@ -131,10 +131,13 @@ class TrainConfig(_Strict):
         0.0, ge=0, description="weight of an adversarial term for H, -mean D_X(y + H(x)): the noise H extracts, laid "
         "on an unrelated clean image, must look like real noise to D_X; added to H's objective")
     extractor_flat_noise_weight: float = Field(
-        0.0, ge=0, description="weight of a term |H(y + n) - n| where n is real noise: 16² blocks cut from the "
-        "flattest quarter of the noisy batch's unclipped blocks (mean removed), tiled, laid on the clean batch "
-        "(y + n clipped to [-1, 1]); a noisy image with known noise besides G's imitation (GCBD's noise blocks, "
-        "without its GAN); added to H's objective, one more pass of H")
+        0.0, ge=0, description="weight of a term |H(y + n) - n| where n is real noise: blocks (of side "
+        "extractor_flat_noise_block) cut from the flattest quarter of the noisy batch's unclipped blocks (mean "
+        "removed), tiled, laid on the clean batch (y + n clipped to [-1, 1]); a noisy image with known noise besides "
+        "G's imitation (GCBD's noise blocks without its GAN); added to H's objective, one more pass of H")
+    extractor_flat_noise_block: int = Field(
+        16, ge=4, description="side (px) of the flat-noise blocks: larger blocks keep more of the noise's long-range "
+        "correlation (charging lines, streaks) and are flat less often")
     collapse_guard: bool = Field(
         False, description="on a collapse (F constant, or D winning completely, for guard_patience steps) go back "
         "to the last good state and continue with half the learning rate, at most guard_max_restarts times")

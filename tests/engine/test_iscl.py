@@ -307,6 +307,7 @@ def test_flat_noise_term_is_h_against_the_known_noise_laid_on_y_with_its_weight(
 
     cfg = tiny_config.model_copy(deep=True)
     cfg.train.extractor_flat_noise_weight = 2.0
+    cfg.train.extractor_flat_noise_block = 32
     m = ISCL(cfg.network, cfg.train, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():  # a non-zero H
         for p in m.nets.H.parameters():
@@ -314,7 +315,7 @@ def test_flat_noise_term_is_h_against_the_known_noise_laid_on_y_with_its_weight(
     x = (torch.rand(2, 1, 64, 64) * 2 - 1) * 0.3
     y = torch.rand(2, 1, 64, 64) * 2 - 1  # near ±1 in places: y + n is clipped there, and so is its noise
     noisy = m._flat_noisy(x, y)
-    n = flat_block_noise(x, torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + 500_009))
+    n = flat_block_noise(x, torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + 500_009), block=32)
     assert torch.equal(noisy, (y + n).clamp(-1, 1)) and not torch.equal(noisy, y + n)
     with torch.no_grad():
         expected = (m.nets.H(noisy) - (noisy - y)).abs().mean().item()

@@ -346,7 +346,7 @@ class ISCL:
         if self.train_config.extractor_flat_noise_weight <= 0:
             return None
         rng = torch.Generator().manual_seed(self.train_config.seed * 1_000_003 + self.step + 500_009)
-        noise = flat_block_noise(x, rng)
+        noise = flat_block_noise(x, rng, block=self.train_config.extractor_flat_noise_block)
         return None if noise is None else (y.float() + noise).clamp(-1.0, 1.0).to(y.dtype)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
