@@ -36,7 +36,7 @@ def flat_block_noise(x: torch.Tensor, generator: torch.Generator, block: int = B
 
     Returns
     -------
-    (N, 1, P, P) float32 tensor on ``x``'s device, each block zero-mean; None when no block is unclipped.
+    (N, 1, H, W) float32 tensor on ``x``'s device, each block zero-mean; None when no block is unclipped.
     """
     n, c, h, w = x.shape
     if c != 1 or h < block or w < block:

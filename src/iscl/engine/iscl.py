@@ -137,14 +137,14 @@ class ExtractorObjective(nn.Module):
                  critics: tuple[nn.Module, nn.Module] | None = None, adversarial: bool = False,
                  transplant: bool = False):
         super().__init__()
-        self.H = H  # (the flat-noise option needs no flag: its pair is passed in, or None)
+        self.H = H
         self.clean = clean  # also return |H(y)| (one more pass of H; not in the official method)
         self.renoise = renoise  # also return |H(y + H(x)) - H(x)| (one more pass; not in the official method)
         self.critics = critics  # (D_X, D_Y), frozen by the caller
         self.adversarial = adversarial  # also return -D_Y(x - H(x)) (not in the official method)
         self.transplant = transplant  # also return -D_X(y + H(x)) (not in the official method)
 
-    def forward(self, x, y, f_x, g_y, flat_noisy=None):  # noqa: D102
+    def forward(self, x, y, f_x, g_y, flat_noisy=None):  # noqa: D102 - flat_noisy: the flat-noise pair, or None
         h_x = self.H(x).float()
         pseudo = losses.pseudo_noise(h_x, x, f_x)
         consistency = losses.noise_consistency(self.H(g_y).float(), g_y, y)
@@ -339,13 +339,18 @@ class ISCL:
         _advance(self.sched_h)
         return {**terms, "h_total": total, "h_grad_norm": gnorm}
 
+    def _step_seed(self, stream: int = 0) -> int:
+        """A seed for this step's random draws (G's input, the flat-noise tiles; one ``stream`` each): a function
+        of the run's seed and the step, so a resumed run draws what the uninterrupted one drew."""
+        return self.train_config.seed * 1_000_003 + self.step + stream
+
     def _flat_noisy(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
         """``clip(y + n)`` with ``n`` tiled from the flattest blocks of ``x`` (the flat-noise option), or None
         when the option is off or no block of ``x`` is unclipped. The tiles are drawn from a CPU stream seeded by
         the step (so a resumed run draws what the uninterrupted one drew)."""
         if self.train_config.extractor_flat_noise_weight <= 0:
             return None
-        rng = torch.Generator().manual_seed(self.train_config.seed * 1_000_003 + self.step + 500_009)
+        rng = torch.Generator().manual_seed(self._step_seed(500_009))
         noise = flat_block_noise(x, rng, block=self.train_config.extractor_flat_noise_block)
         return None if noise is None else (y.float() + noise).clamp(-1.0, 1.0).to(y.dtype)
 
@@ -363,7 +368,7 @@ class ISCL:
         self.skipped = []
         if self.nets.G.noise_channels:
             # G's random input: a stream per step, so a resumed run draws what the uninterrupted one drew
-            self.nets.G.reseed(self.train_config.seed * 1_000_003 + self.step)
+            self.nets.G.reseed(self._step_seed())
         out.update(self.d_step(x, y))
         out.update(self.fg_step(x, y))
         out.update(self.h_step(x, y))
