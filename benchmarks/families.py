@@ -107,7 +107,7 @@ def _alt(task: str, n_train: int, n_val: int, workers: int, val_seed: int = ALT_
     vn = np.stack([n for _, n in out[2 * n_train :]])
     split = Split(*(a.astype(np.float32) for a in (tc, tn, vc, vn)))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")  # per process: two runs may fill one cache at once
     np.savez(tmp, **asdict(split))
     os.replace(tmp, path)
     return split

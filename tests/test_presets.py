@@ -59,7 +59,8 @@ def test_every_new_option_is_off_in_paper_and_paper_is_official():
     execution = {"train.betas", "train.eps", "train.seed", "train.checkpoint_every", "train.init_std",
                  "train.precision", "train.channels_last", "train.compile", "train.nonfinite",
                  "train.guard_patience", "train.guard_max_restarts", "train.lowpass_sigma",
-                 "train.extractor_flat_noise_block", "predict.weights",
+                 "train.extractor_flat_noise_block", "train.extractor_flat_noise_width",
+                 "train.extractor_flat_noise_guide", "predict.weights",
                  "predict.precision", "normalization.mode", "normalization.low", "normalization.high",
                  "normalization.percentiles", "normalization.center", "normalization.width"}
     fields = {f"{s}.{f}" for s in SECTIONS for f in type(getattr(cfg, s)).model_fields}

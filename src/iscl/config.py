@@ -138,6 +138,14 @@ class TrainConfig(_Strict):
     extractor_flat_noise_block: int = Field(
         16, ge=4, description="side (px) of the flat-noise blocks: larger blocks keep more of the noise's long-range "
         "correlation (charging lines, streaks) and are flat less often")
+    extractor_flat_noise_width: int = Field(
+        0, ge=0, description="width (px) of the flat-noise blocks, 0 for square (extractor_flat_noise_block): a strip "
+        "as wide as the patch keeps noise correlated along the rows (charging lines) whole; with the 8 "
+        "rotations/flips, strips are also cut along the columns and half the noise fields are turned")
+    extractor_flat_noise_guide: Literal["noisy", "bypass"] = Field(
+        "noisy", description="what ranks the blocks by flatness: the noisy patches (their flattest blocks are also "
+        "those whose noise happened to be weakest) or the bypass x - H(x), a denoised estimate (one more pass of "
+        "H without gradients)")
     collapse_guard: bool = Field(
         False, description="on a collapse (F constant, or D winning completely, for guard_patience steps) go back "
         "to the last good state and continue with half the learning rate, at most guard_max_restarts times")

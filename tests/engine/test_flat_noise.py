@@ -43,3 +43,51 @@ def test_sides_that_are_not_multiples_of_the_block_get_a_cropped_tiling():
     out = flat_block_noise(x, torch.Generator().manual_seed(0))
     assert out.shape == x.shape and out.is_contiguous()
     assert out[..., 64:, :].abs().sum() > 0 and out[..., :, 64:].abs().sum() > 0
+
+
+def test_full_width_strips_keep_row_correlated_noise_whole():
+    torch.manual_seed(0)
+    # row offsets (charging lines) on a scene with a textured lower half: the strips of the flat half are kept
+    x = torch.randn(4, 1, 64, 1).expand(4, 1, 64, 64) * 0.1
+    x = x + torch.cat([torch.zeros(4, 1, 32, 64), torch.randn(4, 1, 32, 64) * 0.5], dim=2)
+    out = flat_block_noise(x, torch.Generator().manual_seed(0), block=8, width=64)
+    assert out.shape == x.shape
+    assert torch.allclose(out, out[..., :1].expand_as(out), atol=1e-6)  # every row one offset, its whole width
+    strips = x[:, 0, :32].reshape(4, 4, 8, 64).reshape(-1, 8, 64)
+    strips = strips - strips.mean(dim=(1, 2), keepdim=True)
+    for tile in out[:, 0].reshape(-1, 8, 64):
+        assert tile.abs().sum() > 0 and any(torch.allclose(tile, s, atol=1e-6) for s in strips)
+    # square blocks of the same data cut the lines every 16 px
+    square = flat_block_noise(x, torch.Generator().manual_seed(0))
+    assert not torch.allclose(square, square[..., :1].expand_as(square), atol=1e-6)
+
+
+def test_turned_strips_follow_patches_whose_lines_run_down_the_columns():
+    torch.manual_seed(0)
+    rows = torch.randn(8, 1, 64, 1).expand(8, 1, 64, 64) * 0.1
+    # half the patches turned a quarter, as the augmentation does; they are the flatter ones
+    x = torch.cat([rows[:4], 0.5 * rows[4:].transpose(-1, -2)])
+    out = flat_block_noise(x, torch.Generator().manual_seed(1), block=8, width=64, turn=True)
+    along_rows = [torch.allclose(f, f[..., :1].expand_as(f), atol=1e-6) for f in out]
+    along_cols = [torch.allclose(f, f[..., :1, :].expand_as(f), atol=1e-6) for f in out]
+    assert all(r != c for r, c in zip(along_rows, along_cols))  # each field one orientation, whole lines
+    assert any(along_rows) and any(along_cols)
+    # without turning, the column-line patches give strips that cut across their lines, and the fields mix them
+    plain = flat_block_noise(x, torch.Generator().manual_seed(1), block=8, width=64)
+    assert not all(torch.allclose(f, f[..., :1].expand_as(f), atol=1e-6) for f in plain)
+
+
+def test_a_guide_ranks_the_blocks_by_its_flatness_not_the_noisy_patches():
+    torch.manual_seed(0)
+    levels = torch.linspace(0.01, 0.3, 32)
+    b = blocks_of(torch.randn(2, 1, 64, 64)) * levels.view(-1, 1, 1)
+    x = b.reshape(2, 4, 4, 16, 16).permute(0, 1, 3, 2, 4).reshape(2, 1, 64, 64)
+    # a denoised estimate in which the blocks with the strongest noise are the flat ones in the scene
+    g = (blocks_of(torch.randn(2, 1, 64, 64)) * levels.flip(0).view(-1, 1, 1))
+    guide = g.reshape(2, 4, 4, 16, 16).permute(0, 1, 3, 2, 4).reshape(2, 1, 64, 64)
+    out = flat_block_noise(x, torch.Generator().manual_seed(0), guide=guide)
+    strongest = b[-8:] - b[-8:].mean(dim=(1, 2), keepdim=True)
+    for tile in blocks_of(out):
+        assert any(torch.allclose(tile, s, atol=1e-6) for s in strongest)
+    with pytest.raises(ValueError, match="guide"):
+        flat_block_noise(x, torch.Generator(), guide=guide[:1])

@@ -330,3 +330,23 @@ def test_flat_noise_term_is_h_against_the_known_noise_laid_on_y_with_its_weight(
     assert torch.equal(m._flat_noisy(x, y), other._flat_noisy(x, y))
     assert not torch.equal(m._flat_noisy(x, y), noisy)
     assert "h_flat_noise" not in ISCL(tiny_config.network, tiny_config.train).h_step(x, y)
+    # strips as wide as the patch, cut along each patch's lines under the 8 rotations/flips
+    cfg.train.extractor_flat_noise_block, cfg.train.extractor_flat_noise_width = 8, 64
+    for augment, turn in (("dihedral", True), ("flips", False)):
+        cfg.train.augment = augment
+        strips = ISCL(cfg.network, cfg.train, generator=torch.Generator().manual_seed(0))
+        n = flat_block_noise(x, torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + 500_009), block=8,
+                             width=64, turn=turn)
+        assert torch.equal(strips._flat_noisy(x, y), (y + n).clamp(-1, 1))
+    # ranked by the bypass x - H(x) instead of the noisy patches
+    cfg.train.extractor_flat_noise_block, cfg.train.extractor_flat_noise_width = 16, 0
+    cfg.train.extractor_flat_noise_guide = "bypass"
+    guided = ISCL(cfg.network, cfg.train, generator=torch.Generator().manual_seed(0))
+    guided.nets.H.load_state_dict(m.nets.H.state_dict())
+    with torch.no_grad():
+        bypass = x - guided.nets.H(x)
+    seed = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + 500_009)
+    n = flat_block_noise(x, seed, block=16, turn=False, guide=bypass)
+    assert torch.equal(guided._flat_noisy(x, y), (y + n).clamp(-1, 1))
+    assert not torch.equal(n, flat_block_noise(x, torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + 500_009),
+                                               block=16))

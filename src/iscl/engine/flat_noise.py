@@ -22,7 +22,8 @@ KEEP = 0.25  # the flattest quarter of the unclipped blocks (the block-variance 
 
 
 def flat_block_noise(x: torch.Tensor, generator: torch.Generator, block: int = BLOCK, keep: float = KEEP,
-                     clip: float = 1.0) -> torch.Tensor | None:
+                     clip: float = 1.0, width: int | None = None, turn: bool = False,
+                     guide: torch.Tensor | None = None) -> torch.Tensor | None:
     """A noise field the shape of ``x`` tiled from the flattest blocks of ``x``.
 
     Parameters
@@ -33,26 +34,56 @@ def flat_block_noise(x: torch.Tensor, generator: torch.Generator, block: int = B
     block : block side in pixels.
     keep : fraction of the unclipped blocks, lowest variance first, that the tiles are drawn from.
     clip : a block with a pixel at or beyond ±clip is left out (clipped pixels carry no noise: CT air).
+    width : block width in pixels (None: ``block``, square); a strip as wide as the patch keeps noise that is
+        correlated along the rows (charging lines) whole instead of cutting it every ``block`` pixels.
+    turn : for rectangular blocks of square patches trained with the 8 rotations/flips (half the patches hold
+        their rows as columns): a patch whose pixels change less down the columns than along the rows is turned
+        a quarter before its blocks are cut, so every strip runs along its lines, and each field is turned at
+        random (so the fields hold lines both ways, as the patches do).
+    guide : (N, 1, H, W) estimate of the clean patches (e.g. the bypass ``x - H(x)``) whose block variance ranks
+        the blocks instead of ``x``'s: ranked on ``x``, the flattest blocks are also those whose noise happened
+        to be weakest (with line noise a 16-px block holds only 16 line offsets), so the samples understate the
+        noise; ranked on a denoised estimate, they are flat in the scene. None: rank on ``x``.
 
     Returns
     -------
     (N, 1, H, W) float32 tensor on ``x``'s device, each block zero-mean; None when no block is unclipped.
     """
     n, c, h, w = x.shape
-    if c != 1 or h < block or w < block:
-        raise ValueError(f"flat_block_noise needs (N, 1, H, W) patches of at least {block}² px, got {tuple(x.shape)}")
+    bh, bw = block, block if width is None else width
+    if c != 1 or h < bh or w < bw:
+        raise ValueError(f"flat_block_noise needs (N, 1, H, W) patches of at least {bh}x{bw} px, got {tuple(x.shape)}")
     x = x.detach().float()
-    rows, cols = h // block, w // block  # blocks from the whole-block part; the tiling covers all and is cropped
-    blocks = (x[..., : rows * block, : cols * block].reshape(n, rows, block, cols, block).permute(0, 1, 3, 2, 4)
-              .reshape(-1, block, block))
+    turn = turn and bh != bw and h == w and h >= bw
+    g = x if guide is None else guide.detach().float()
+    if g.shape != x.shape:
+        raise ValueError(f"flat_block_noise: guide {tuple(g.shape)} and patches {tuple(x.shape)} differ in shape")
+    if turn:  # each patch turned so that its direction of least change (its lines, if any) runs along the rows
+        across_rows = (x[..., 1:, :] - x[..., :-1, :]).pow(2).mean(dim=(1, 2, 3))
+        along_rows = (x[..., :, 1:] - x[..., :, :-1]).pow(2).mean(dim=(1, 2, 3))
+        turned = (across_rows < along_rows).view(n, 1, 1, 1)
+        x, g = (torch.where(turned, a.transpose(-1, -2), a) for a in (x, g))
+    blocks, ranked = _blocks(x, bh, bw), _blocks(g, bh, bw)
     unclipped = (blocks.abs() < clip).flatten(1).all(dim=1)
     if not bool(unclipped.any()):
         return None
-    blocks = blocks[unclipped]
+    blocks, ranked = blocks[unclipped], ranked[unclipped]
     blocks = blocks - blocks.mean(dim=(1, 2), keepdim=True)
     count = max(1, int(round(keep * len(blocks))))
-    flattest = blocks[torch.argsort(blocks.pow(2).mean(dim=(1, 2)))[:count]]
-    rows, cols = -(-h // block), -(-w // block)
+    flattest = blocks[torch.argsort(ranked.var(dim=(1, 2), unbiased=False))[:count]]
+    rows, cols = -(-h // bh), -(-w // bw)
     pick = torch.randint(len(flattest), (n * rows * cols,), generator=generator, device=generator.device)
-    field = flattest[pick.to(x.device)].reshape(n, rows, cols, block, block).permute(0, 1, 3, 2, 4)
-    return field.reshape(n, 1, rows * block, cols * block)[..., :h, :w].contiguous()
+    field = flattest[pick.to(x.device)].reshape(n, rows, cols, bh, bw).permute(0, 1, 3, 2, 4)
+    field = field.reshape(n, 1, rows * bh, cols * bw)[..., :h, :w]
+    if turn:
+        flip = (torch.rand(n, generator=generator, device=generator.device) < 0.5).to(x.device).view(n, 1, 1, 1)
+        field = torch.where(flip, field.transpose(-1, -2), field)
+    return field.contiguous()
+
+
+def _blocks(x: torch.Tensor, bh: int, bw: int) -> torch.Tensor:
+    """The whole ``bh`` x ``bw`` blocks of (N, 1, H, W) ``x`` as (M, bh, bw), row-major per patch."""
+    n, _, h, w = x.shape
+    rows, cols = h // bh, w // bw
+    return (x[..., : rows * bh, : cols * bw].reshape(n, rows, bh, cols, bw).permute(0, 1, 3, 2, 4)
+            .reshape(-1, bh, bw))

@@ -351,7 +351,13 @@ class ISCL:
         if self.train_config.extractor_flat_noise_weight <= 0:
             return None
         rng = torch.Generator().manual_seed(self._step_seed(500_009))
-        noise = flat_block_noise(x, rng, block=self.train_config.extractor_flat_noise_block)
+        t = self.train_config
+        guide = None
+        if t.extractor_flat_noise_guide == "bypass":
+            with torch.no_grad():
+                guide = x.float() - self.nets.H(x).float()
+        noise = flat_block_noise(x, rng, block=t.extractor_flat_noise_block, width=t.extractor_flat_noise_width or None,
+                                 turn=t.augment == "dihedral", guide=guide)
         return None if noise is None else (y.float() + noise).clamp(-1.0, 1.0).to(y.dtype)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
