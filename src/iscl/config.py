@@ -141,7 +141,8 @@ class TrainConfig(_Strict):
     extractor_flat_noise_width: int = Field(
         0, ge=0, description="width (px) of the flat-noise blocks, 0 for square (extractor_flat_noise_block): a strip "
         "as wide as the patch keeps noise correlated along the rows (charging lines) whole; with the 8 "
-        "rotations/flips, strips are also cut along the columns and half the noise fields are turned")
+        "rotations/flips, a patch whose pixels change less down its columns is turned a quarter before its strips "
+        "are cut, and half the noise fields are turned")
     extractor_flat_noise_guide: Literal["noisy", "bypass"] = Field(
         "noisy", description="what ranks the blocks by flatness: the noisy patches (their flattest blocks are also "
         "those whose noise happened to be weakest) or the bypass x - H(x), a denoised estimate (one more pass of "

@@ -54,7 +54,7 @@ def flat_block_noise(x: torch.Tensor, generator: torch.Generator, block: int = B
     if c != 1 or h < bh or w < bw:
         raise ValueError(f"flat_block_noise needs (N, 1, H, W) patches of at least {bh}x{bw} px, got {tuple(x.shape)}")
     x = x.detach().float()
-    turn = turn and bh != bw and h == w and h >= bw
+    turn = turn and bh != bw and h == w  # (h >= bw then holds: w >= bw was checked)
     g = x if guide is None else guide.detach().float()
     if g.shape != x.shape:
         raise ValueError(f"flat_block_noise: guide {tuple(g.shape)} and patches {tuple(x.shape)} differ in shape")
