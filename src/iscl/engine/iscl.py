@@ -23,6 +23,7 @@ from iscl.engine.optim import (
     set_total_steps,
     swa_should_update,
 )
+from iscl.engine.spectral_noise import NoiseSpectrum, spectral_noise
 from iscl.nn import clamp_rho_
 from iscl.nn.build import make_discriminator, make_extractor, make_generator
 from iscl.nn.layers import truncated_normal_init_
@@ -267,6 +268,8 @@ class ISCL:
         self.step = 0  # completed training steps
         self.skipped: list[str] = []  # sub-steps skipped in the current step (nonfinite="skip")
         self._h_cache: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)  # (x, H(x)) of d_step
+        # the flat-noise term's running noise spectrum (source "spectrum"); per process under DDP
+        self.noise_spectrum = NoiseSpectrum() if train.extractor_flat_noise_source == "spectrum" else None
 
     # ------------------------------------------------------------------ sub-steps
     def d_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -345,13 +348,18 @@ class ISCL:
         return self.train_config.seed * 1_000_003 + self.step + stream
 
     def _flat_noisy(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
-        """``clip(y + n)`` with ``n`` tiled from the flattest blocks of ``x`` (the flat-noise option), or None
-        when the option is off or no block of ``x`` is unclipped. The tiles are drawn from a CPU stream seeded by
-        the step (so a resumed run draws what the uninterrupted one drew)."""
+        """``clip(y + n)`` with ``n`` tiled from the flattest blocks of ``x``, or drawn from the running noise
+        spectrum (``extractor_flat_noise_source``), or None when the option is off or no block of ``x`` is
+        unclipped. The draws come from a CPU stream seeded by the step (so a resumed run draws what the
+        uninterrupted one drew)."""
         if self.train_config.extractor_flat_noise_weight <= 0:
             return None
         rng = torch.Generator().manual_seed(self._step_seed(500_009))
         t = self.train_config
+        if self.noise_spectrum is not None:
+            self.noise_spectrum.update(x, y)
+            noise = spectral_noise(self.noise_spectrum.noise, len(y), rng).to(y.device)
+            return (y.float() + noise).clamp(-1.0, 1.0).to(y.dtype)
         guide = None
         if t.extractor_flat_noise_guide == "bypass":
             with torch.no_grad():
@@ -461,6 +469,7 @@ class ISCL:
             "sched_d": self.sched_d.state_dict(),
             "sched_h": self.sched_h.state_dict(),
             **({"scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
+            **({"noise_spectrum": self.noise_spectrum.state_dict()} if self.noise_spectrum is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -469,6 +478,8 @@ class ISCL:
         self.restore_weights(state)
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
+        if self.noise_spectrum is not None and "noise_spectrum" in state:
+            self.noise_spectrum.load_state_dict(state["noise_spectrum"])
         self.step = int(state["step"])
 
     def restore_weights(self, state: dict[str, Any]) -> None:
