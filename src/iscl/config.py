@@ -150,8 +150,9 @@ class TrainConfig(_Strict):
     extractor_flat_noise_source: Literal["blocks", "spectrum"] = Field(
         "blocks", description="where the known noise n of the flat-noise term comes from: the flattest blocks of the "
         "noisy batch (blocks), or Gaussian noise drawn from a spectrum estimated as the noisy patches' power minus "
-        "the clean patches' power (spectrum: keeps correlation longer than a block, the lowest frequencies included; "
-        "running averages over steps, saved with the checkpoint)")
+        "the clean patches' power (spectrum: keeps correlation longer than a block, down to low frequencies, "
+        "though the very lowest are lost where the scenes' own power dominates; running averages over steps, saved "
+        "with the checkpoint)")
     collapse_guard: bool = Field(
         False, description="on a collapse (F constant, or D winning completely, for guard_patience steps) go back "
         "to the last good state and continue with half the learning rate, at most guard_max_restarts times")

@@ -3,8 +3,9 @@
 Noisy and clean images of similar content differ, on average, by the noise: with ``x = s + n`` and ``n``
 independent of the scene ``s``, the power spectrum of ``x`` is that of ``s`` plus that of ``n``, and the clean
 images ``y`` stand in for ``s``. So ``S_n(f) = max(S_x(f) - S_y(f), 0)`` estimates the noise spectrum at every
-frequency, the lowest included, where a flat block with its mean removed loses the noise (charging lines
-correlated from row to row, CT's streaks). Gaussian noise with that spectrum, laid on a clean patch, is a
+frequency, low ones too, where a flat block with its mean removed loses the noise (charging lines correlated
+from row to row, CT's streaks); at the very lowest the scenes' own power dominates and the difference of
+two estimates of it is mostly their error. Gaussian noise with that spectrum, laid on a clean patch, is a
 noisy image whose noise is known. What it cannot keep: noise that depends on the signal (Poisson), and
 anything non-Gaussian; and it trusts the two sets' scenes to have the same spectrum.
 
