@@ -147,12 +147,15 @@ class TrainConfig(_Strict):
         "noisy", description="what ranks the blocks by flatness: the noisy patches (their flattest blocks are also "
         "those whose noise happened to be weakest) or the bypass x - H(x), a denoised estimate (one more pass of "
         "H without gradients)")
-    extractor_flat_noise_source: Literal["blocks", "spectrum"] = Field(
+    extractor_flat_noise_source: Literal["blocks", "spectrum", "oriented"] = Field(
         "blocks", description="where the known noise n of the flat-noise term comes from: the flattest blocks of the "
         "noisy batch (blocks), or Gaussian noise drawn from a spectrum estimated as the noisy patches' power minus "
         "the clean patches' power (spectrum: keeps correlation longer than a block, down to low frequencies, "
         "though the very lowest are lost where the scenes' own power dominates; running averages over steps, saved "
-        "with the checkpoint)")
+        "with the checkpoint), or the same spectrum oriented (oriented: with the 8 rotations/flips, each noisy "
+        "patch's spectrum is turned so its stronger axis lies along the rows before the average, which spans every "
+        "batch seen, and half the fields drawn are turned a quarter, so a field's lines run one way, as in a real "
+        "patch)")
     collapse_guard: bool = Field(
         False, description="on a collapse (F constant, or D winning completely, for guard_patience steps) go back "
         "to the last good state and continue with half the learning rate, at most guard_max_restarts times")

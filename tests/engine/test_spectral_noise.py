@@ -89,3 +89,85 @@ def test_the_engine_draws_the_known_noise_from_the_running_spectrum_and_resumes_
     resumed.load_state_dict(state)
     assert torch.equal(resumed._flat_noisy(x, y), m._flat_noisy(x, y))
     assert "noise_spectrum" not in ISCL(tiny_config.network, tiny_config.train).state_dict()
+
+
+def _lines_both_ways(g: torch.Generator, n: int = 8, size: int = 32) -> torch.Tensor:
+    """Line offsets along the rows, half of the patches turned a quarter (what the 8 rotations/flips do)."""
+    lines = 0.2 * torch.randn(n, 1, size, 1, generator=g).expand(n, 1, size, size)
+    turned = torch.rand(n, generator=g) < 0.5
+    return torch.where(turned[:, None, None, None], lines.transpose(-2, -1), lines).contiguous()
+
+
+def _line_share(fields: torch.Tensor) -> torch.Tensor:
+    """(N, 2): the share of each field's variance in its row means (lines along the rows) and its column means."""
+    f = fields[:, 0]
+    var = f.var(dim=(-2, -1), unbiased=False)
+    return torch.stack([f.mean(-1).var(-1, unbiased=False) / var, f.mean(-2).var(-1, unbiased=False) / var], dim=1)
+
+
+def test_the_oriented_spectrum_keeps_lines_one_way_where_the_plain_one_draws_crosses():
+    g = torch.Generator().manual_seed(5)
+    plain, oriented = NoiseSpectrum(momentum=None), NoiseSpectrum(momentum=None, oriented=True)
+    for _ in range(20):
+        x = _lines_both_ways(g)
+        plain.update(x, torch.zeros_like(x))
+        oriented.update(x, torch.zeros_like(x))
+    # the oriented estimate holds the lines on the zero column only; the plain one splits them over both axes
+    assert oriented.noise[1:, 0].sum().item() > 100 * oriented.noise[0, 1:].sum().item()
+    assert plain.noise[0, 1:].sum().item() > 0.5 * plain.noise[1:, 0].sum().item()
+    draw = torch.Generator().manual_seed(6)
+    one_way = _line_share(spectral_noise(oriented.noise, 64, draw, turn=True))
+    # each field's lines run one way (rows or columns, about half each) ...
+    assert (one_way.min(dim=1).values < 0.05).all() and (one_way.max(dim=1).values > 0.4).all()
+    along_rows = (one_way[:, 0] > one_way[:, 1]).float().mean().item()
+    assert 0.3 < along_rows < 0.7
+    # ... where a field drawn from the plain estimate has lines both ways
+    crosses = _line_share(spectral_noise(plain.noise, 64, torch.Generator().manual_seed(6)))
+    assert (crosses.min(dim=1).values > 0.1).float().mean().item() > 0.9
+    with pytest.raises(ValueError, match="square"):
+        oriented.update(torch.zeros(2, 1, 16, 32), torch.zeros(2, 1, 16, 32))
+    with pytest.raises(ValueError, match="square"):
+        spectral_noise(torch.ones(16, 32), 2, draw, turn=True)
+
+
+def test_momentum_none_averages_every_batch_alike_and_the_clean_spectrum_is_symmetrized():
+    g = torch.Generator().manual_seed(7)
+    batches = [(torch.randn(4, 1, 16, 16, generator=g) * (k + 1), torch.randn(4, 1, 16, 16, generator=g))
+               for k in range(3)]
+    est = NoiseSpectrum(momentum=None)
+    for x, y in batches:
+        est.update(x, y)
+    assert est.count == 3
+    assert torch.allclose(est.noisy, torch.stack([power_spectrum(x) for x, _ in batches]).mean(0), atol=1e-6)
+    oriented = NoiseSpectrum(momentum=None, oriented=True)
+    oriented.update(*batches[0])
+    assert torch.allclose(oriented.clean, oriented.clean.T) and not torch.allclose(est.clean, est.clean.T)
+    other = NoiseSpectrum()
+    other.load_state_dict(oriented.state_dict())
+    assert other.momentum is None and other.oriented and other.count == 1
+    assert torch.equal(other.noise, oriented.noise)
+    with pytest.raises(ValueError, match="or be None"):
+        NoiseSpectrum(momentum=1.0)
+
+
+def test_the_engine_orients_the_spectrum_only_with_the_rotations(tiny_config):
+    cfg = tiny_config.model_copy(deep=True)
+    cfg.train.extractor_flat_noise_weight = 1.0
+    cfg.train.extractor_flat_noise_source = "oriented"
+    cfg.train.augment = "dihedral"
+    m = ISCL(cfg.network, cfg.train, generator=torch.Generator().manual_seed(0))
+    assert m.noise_spectrum.oriented and m.noise_spectrum.momentum is None
+    g = torch.Generator().manual_seed(8)
+    x, y = _lines_both_ways(g, 4), torch.zeros(4, 1, 32, 32)
+    noisy = m._flat_noisy(x, y)
+    ref = NoiseSpectrum(momentum=None, oriented=True)
+    ref.update(x, y)
+    n = spectral_noise(ref.noise, 4, torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + 500_009), turn=True)
+    assert torch.allclose(noisy, n.clamp(-1, 1), atol=1e-6)
+    m.step = 3
+    resumed = ISCL(cfg.network, cfg.train, generator=torch.Generator().manual_seed(9))
+    resumed.load_state_dict(m.state_dict())
+    assert resumed.noise_spectrum.count == 1
+    assert torch.equal(resumed._flat_noisy(x, y), m._flat_noisy(x, y))
+    cfg.train.augment = "flips"
+    assert not ISCL(cfg.network, cfg.train).noise_spectrum.oriented

@@ -268,8 +268,11 @@ class ISCL:
         self.step = 0  # completed training steps
         self.skipped: list[str] = []  # sub-steps skipped in the current step (nonfinite="skip")
         self._h_cache: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)  # (x, H(x)) of d_step
-        # the flat-noise term's running noise spectrum (source "spectrum"); per process under DDP
-        self.noise_spectrum = NoiseSpectrum() if train.extractor_flat_noise_source == "spectrum" else None
+        # the flat-noise term's running noise spectrum (sources "spectrum", "oriented"); per process under DDP
+        src = train.extractor_flat_noise_source
+        self.noise_spectrum = (NoiseSpectrum() if src == "spectrum" else
+                               NoiseSpectrum(momentum=None, oriented=train.augment == "dihedral") if src == "oriented"
+                               else None)
 
     # ------------------------------------------------------------------ sub-steps
     def d_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -357,8 +360,9 @@ class ISCL:
         rng = torch.Generator().manual_seed(self._step_seed(500_009))
         t = self.train_config
         if self.noise_spectrum is not None:
-            self.noise_spectrum.update(x, y)
-            noise = spectral_noise(self.noise_spectrum.noise, len(y), rng).to(y.device)
+            est = self.noise_spectrum
+            est.update(x, y)
+            noise = spectral_noise(est.noise, len(y), rng, turn=est.oriented).to(y.device)
             return (y.float() + noise).clamp(-1.0, 1.0).to(y.dtype)
         guide = None
         if t.extractor_flat_noise_guide == "bypass":
