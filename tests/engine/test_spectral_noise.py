@@ -146,6 +146,9 @@ def test_momentum_none_averages_every_batch_alike_and_the_clean_spectrum_is_symm
     other.load_state_dict(oriented.state_dict())
     assert other.momentum is None and other.oriented and other.count == 1
     assert torch.equal(other.noise, oriented.noise)
+    with pytest.raises(ValueError, match="after patches of"):
+        est.update(torch.zeros(4, 1, 8, 8), torch.zeros(4, 1, 8, 8))
+    assert est.count == 3  # a refused batch is not counted
     with pytest.raises(ValueError, match="or be None"):
         NoiseSpectrum(momentum=1.0)
 

@@ -42,7 +42,7 @@ def periodograms(p: torch.Tensor) -> torch.Tensor:
     (up to the window's leakage at the zero frequency).
     """
     if p.dim() != 4 or p.shape[1] != 1:
-        raise ValueError(f"power_spectrum needs (N, 1, H, W) patches, got {tuple(p.shape)}")
+        raise ValueError(f"periodograms need (N, 1, H, W) patches, got {tuple(p.shape)}")
     p = p.detach().float()
     h, w = p.shape[-2:]
     win = (torch.hann_window(h, periodic=True, device=p.device)[:, None]
@@ -112,12 +112,12 @@ class NoiseSpectrum:
         if self.oriented:
             px, sy = _oriented(px), 0.5 * (sy + sy.T)
         sx = px.mean(dim=0)
-        self.count += 1
+        if self.noisy is not None and self.noisy.shape != sx.shape:
+            raise ValueError(f"NoiseSpectrum: patches of {tuple(sx.shape)} after patches of {tuple(self.noisy.shape)}")
+        self.count += 1  # only once the batch is accepted: a refused batch leaves the estimate as it was
         if self.noisy is None or self.clean is None:
             self.noisy, self.clean = sx, sy
             return
-        if self.noisy.shape != sx.shape:
-            raise ValueError(f"NoiseSpectrum: patches of {tuple(sx.shape)} after patches of {tuple(self.noisy.shape)}")
         m = self.momentum if self.momentum is not None else (self.count - 1) / self.count
         self.noisy = m * self.noisy + (1 - m) * sx
         self.clean = m * self.clean + (1 - m) * sy
