@@ -26,6 +26,7 @@ OFF = {
     "train.extractor_adversarial_weight": 0.0,
     "train.extractor_transplant_weight": 0.0,
     "train.extractor_flat_noise_weight": 0.0,
+    "train.extractor_flat_steps": 0,
     "normalization.headroom": 0.0,
     "train.augment": "dihedral",
     "train.min_patch_std": 0.0,

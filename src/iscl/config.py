@@ -156,6 +156,10 @@ class TrainConfig(_Strict):
         "patch's spectrum is turned so its stronger axis lies along the rows before the average, which spans every "
         "batch seen, and half the fields drawn are turned a quarter, so a field's lines run one way, as in a real "
         "patch)")
+    extractor_flat_steps: int = Field(
+        0, ge=0, description="extra updates of H alone per step, each on the flat-noise pair (|H(y + n) - n|, n from "
+        "extractor_flat_noise_source) of a fresh noisy and clean batch, at the step's learning rate: H learns from "
+        "known noise at about a seventh of an ISCL step's cost per update (H's pass only, no F, G or D)")
     collapse_guard: bool = Field(
         False, description="on a collapse (F constant, or D winning completely, for guard_patience steps) go back "
         "to the last good state and continue with half the learning rate, at most guard_max_restarts times")

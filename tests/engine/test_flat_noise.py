@@ -91,3 +91,38 @@ def test_a_guide_ranks_the_blocks_by_its_flatness_not_the_noisy_patches():
         assert any(torch.allclose(tile, s, atol=1e-6) for s in strongest)
     with pytest.raises(ValueError, match="guide"):
         flat_block_noise(x, torch.Generator(), guide=guide[:1])
+
+
+def test_extra_flat_steps_update_h_alone_on_their_own_batches(tiny_config):
+    from iscl.engine.iscl import ISCL
+
+    cfg = tiny_config.model_copy(deep=True)
+    g = torch.Generator().manual_seed(4)
+    x, y, xe, ye = (0.2 * torch.randn(2, 1, 64, 64, generator=g) for _ in range(4))
+
+    def model() -> ISCL:
+        m = ISCL(cfg.network, cfg.train, generator=torch.Generator().manual_seed(0))
+        m.load_state_dict(base.state_dict())
+        return m
+
+    base = ISCL(cfg.network, cfg.train, generator=torch.Generator().manual_seed(0))
+    plain, extra, by_hand = model(), model(), model()
+    plain.train_step(x, y)
+    record = extra.train_step(x, y, [(xe, ye)])
+    assert record["h_flat_extra"] > 0 and "h_flat_extra" not in plain.train_step(x, y)
+    first = model()
+    first.train_step(x, y)
+    for name in ("F", "G", "D_X", "D_Y"):  # the extra update is H's alone, after the step's three sub-steps
+        assert all(torch.equal(a, b) for a, b in zip(getattr(first.nets, name).parameters(),
+                                                      getattr(extra.nets, name).parameters())), name
+    assert not all(torch.equal(a, b) for a, b in zip(first.nets.H.parameters(), extra.nets.H.parameters()))
+    # ... and it is one update of |H(y + n) - n| on the extra batch, n its flat-block noise
+    by_hand.d_step(x, y), by_hand.fg_step(x, y), by_hand.h_step(x, y)
+    noisy = by_hand._flat_noisy(xe, ye, stream=500_009 + 1_000_000_007)
+    H = by_hand.nets.H
+    loss = (H(noisy) - (noisy - ye)).abs().mean()
+    assert loss.item() == pytest.approx(record["h_flat_extra"], rel=1e-5)
+    by_hand.opt_h.zero_grad()
+    loss.backward()
+    by_hand.opt_h.step()
+    assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(H.parameters(), extra.nets.H.parameters()))

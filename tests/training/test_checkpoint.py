@@ -36,12 +36,14 @@ def _all_params(model) -> list[torch.Tensor]:
     return [p.detach().clone() for p in [*m.nets.parameters(), *m.swa_F.parameters(), *m.swa_G.parameters()]]
 
 
-@pytest.mark.parametrize("random_g", [False, True], ids=["official-G", "random-input-G"])
-def test_stop_and_resume_equals_straight_run(tiny_pair, tiny_config, tmp_path, random_g):
+@pytest.mark.parametrize("variant", ["official-G", "random-input-G", "flat-steps"])
+def test_stop_and_resume_equals_straight_run(tiny_pair, tiny_config, tmp_path, variant):
     clean, noisy = tiny_pair
-    if random_g:  # G draws noise: the resumed run must draw what the straight one drew
+    if variant == "random-input-G":  # G draws noise: the resumed run must draw what the straight one drew
         tiny_config.network.noise_generator_channels = 2
         tiny_config.network.residual_noise_generator = True
+    if variant == "flat-steps":  # extra batches and flat-noise draws per step: resumed, the same ones
+        tiny_config.train.extractor_flat_steps = 2
     straight = iscl.train(clean, noisy, tiny_config, run_dir=tmp_path / "straight", progress=False)
     iscl.train(clean, noisy, tiny_config, run_dir=tmp_path / "split", progress=False, stop_at=4)
     assert read_checkpoint_config(tmp_path / "split")[2]["step"] == 4

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -329,7 +329,7 @@ class ISCL:
             with torch.no_grad():
                 f_x = n.F(x).float()
                 g_y = n.G(y).float()
-            flat_noisy = self._flat_noisy(x, y)
+            flat_noisy = self._flat_noisy(x, y) if self.train_config.extractor_flat_noise_weight > 0 else None
             pseudo, consistency, no_noise, renoise, adversarial, transplant, flat = self.h_objective(
                 x, y, f_x, g_y, flat_noisy)
         t = self.train_config
@@ -350,14 +350,27 @@ class ISCL:
         of the run's seed and the step, so a resumed run draws what the uninterrupted one drew."""
         return self.train_config.seed * 1_000_003 + self.step + stream
 
-    def _flat_noisy(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+    def flat_step(self, x: torch.Tensor, y: torch.Tensor, index: int) -> torch.Tensor | None:
+        """One extra update of H alone (``extractor_flat_steps``) on the flat-noise pair of a fresh noisy batch
+        ``x`` and clean batch ``y``, (B, 1, P, P): minimizes |H(y + n) - n| at the step's learning rate (the
+        scheduler advances once per step). ``index`` numbers the extra updates of a step (its own draws).
+        Returns the loss, or None when no block of ``x`` was unclipped (no update)."""
+        H = self.nets.H
+        with self._autocast():
+            flat_noisy = self._flat_noisy(x, y, stream=500_009 + 1_000_000_007 * (index + 1))
+            if flat_noisy is None:
+                return None
+            flat = losses.noise_consistency(H(flat_noisy).float(), flat_noisy, y)
+        self._update("h", flat, {"h_flat_extra": flat}, self.opt_h, list(H.parameters()))
+        clamp_rho_(H)
+        return flat.detach()
+
+    def _flat_noisy(self, x: torch.Tensor, y: torch.Tensor, stream: int = 500_009) -> torch.Tensor | None:
         """``clip(y + n)`` with ``n`` tiled from the flattest blocks of ``x``, or drawn from the running noise
-        spectrum (``extractor_flat_noise_source``), or None when the option is off or no block of ``x`` is
-        unclipped. The draws come from a CPU stream seeded by the step (so a resumed run draws what the
-        uninterrupted one drew)."""
-        if self.train_config.extractor_flat_noise_weight <= 0:
-            return None
-        rng = torch.Generator().manual_seed(self._step_seed(500_009))
+        spectrum (``extractor_flat_noise_source``), or None when no block of ``x`` is unclipped. The draws come
+        from a CPU stream seeded by the step and ``stream`` (so a resumed run draws what the uninterrupted one
+        drew)."""
+        rng = torch.Generator().manual_seed(self._step_seed(stream))
         t = self.train_config
         if self.noise_spectrum is not None:
             est = self.noise_spectrum
@@ -372,8 +385,12 @@ class ISCL:
                                  turn=t.augment == "dihedral", guide=guide)
         return None if noise is None else (y.float() + noise).clamp(-1.0, 1.0).to(y.dtype)
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    def train_step(self, x: torch.Tensor, y: torch.Tensor,
+                   extra: Sequence[tuple[torch.Tensor, torch.Tensor]] = ()) -> dict[str, float]:
         """One ISCL step on a noisy batch ``x`` and an unrelated clean batch ``y``, both (B, 1, P, P).
+
+        ``extra``: further (noisy, clean) batches, one per extra update of H on the flat-noise pair
+        (``train.extractor_flat_steps``; after the H step, see ``flat_step``).
 
         Returns every loss term, the gradient norms, the standard deviation of F(x) and the learning
         rate of each optimizer for this update, as floats (plus ``skipped`` when an update was skipped).
@@ -390,6 +407,15 @@ class ISCL:
         out.update(self.d_step(x, y))
         out.update(self.fg_step(x, y))
         out.update(self.h_step(x, y))
+        flats = []
+        for i, (xe, ye) in enumerate(extra):
+            if self.train_config.channels_last:
+                xe, ye = (a.contiguous(memory_format=torch.channels_last) for a in (xe, ye))
+            loss = self.flat_step(xe, ye, i)
+            if loss is not None:
+                flats.append(loss)
+        if flats:
+            out["h_flat_extra"] = torch.stack(flats).mean()
         if self.scaler is not None:
             self.scaler.update()  # once per step, after all three sub-steps (one scale for their losses)
         self.step += 1

@@ -337,11 +337,19 @@ class Trainer:
         self._streaks = dict.fromkeys(self._streaks, 0)
 
     # ------------------------------------------------------------------ time budget
-    def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """The step's noisy and clean batches, and one fresh pair of batches per extra flat-noise update of H."""
         b = self.config.train.batch_size
-        x = torch.from_numpy(self.noisy.next_batch(b)).to(self.device, non_blocking=True)
-        y = torch.from_numpy(self.clean.next_batch(b)).to(self.device, non_blocking=True)
-        return x, y
+        pairs = []
+        for _ in range(1 + self.config.train.extractor_flat_steps):
+            x = torch.from_numpy(self.noisy.next_batch(b)).to(self.device, non_blocking=True)
+            y = torch.from_numpy(self.clean.next_batch(b)).to(self.device, non_blocking=True)
+            pairs.append((x, y))
+        return *pairs[0], pairs[1:]
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor, extra: list) -> dict[str, Any]:
+        # the extra batches only where there are any: a step without them keeps the plain (x, y) call
+        return self.model.train_step(x, y, extra) if extra else self.model.train_step(x, y)
 
     def plan_budget(self, started: float) -> dict[str, Any]:
         """Fix T from the time budget: time a few steps, undo them, and solve for T.
@@ -357,9 +365,9 @@ class Trainer:
         samplers = (self.clean.state_dict(), self.noisy.state_dict())
         times = []
         for i in range(BUDGET_WARMUP_STEPS + BUDGET_TIMED_STEPS):
-            x, y = self._next_batch()
+            x, y, extra = self._next_batch()
             t0 = self.clock()
-            self.model.train_step(x, y)
+            self._train_step(x, y, extra)
             if i >= BUDGET_WARMUP_STEPS:
                 times.append(self.clock() - t0)
         step_s = statistics.median(times)
@@ -465,8 +473,8 @@ class Trainer:
         try:
             while self.model.step < end and not self._stop.is_set():
                 t0 = self.clock()
-                x, y = self._next_batch()
-                record = self.model.train_step(x, y)
+                x, y, extra = self._next_batch()
+                record = self._train_step(x, y, extra)
                 record = {"step": self.model.step, **record, "seconds": self.clock() - t0}
                 step = self.model.step
                 warning = self._watch_collapse(record)
