@@ -33,9 +33,9 @@ def budget_trainer(tiny_pair, config, clock, **kw):
     t = trainer_mod.Trainer(config, clean, noisy, Normalizer(low=0, high=1), progress=False, clock=clock, **kw)
     step = t.model.train_step
 
-    def timed_step(x, y):
+    def timed_step(x, y, extra=()):
         clock.now += clock.step_seconds
-        return step(x, y)
+        return step(x, y, extra)
 
     t.model.train_step = timed_step
     return t
@@ -114,8 +114,8 @@ def sabotage_F(trainer, at_steps):
     """Make F's output constant (zero head weights and bias: tanh(0) = 0) after the given steps."""
     step = trainer.model.train_step
 
-    def wrapped(x, y):
-        out = step(x, y)
+    def wrapped(x, y, extra=()):
+        out = step(x, y, extra)
         if trainer.model.step in at_steps:
             with torch.no_grad():
                 trainer.model.nets.F.head.weight.zero_()

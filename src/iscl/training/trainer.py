@@ -347,10 +347,6 @@ class Trainer:
             pairs.append((x, y))
         return *pairs[0], pairs[1:]
 
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor, extra: list) -> dict[str, Any]:
-        # the extra batches only where there are any: a step without them keeps the plain (x, y) call
-        return self.model.train_step(x, y, extra) if extra else self.model.train_step(x, y)
-
     def plan_budget(self, started: float) -> dict[str, Any]:
         """Fix T from the time budget: time a few steps, undo them, and solve for T.
 
@@ -367,7 +363,7 @@ class Trainer:
         for i in range(BUDGET_WARMUP_STEPS + BUDGET_TIMED_STEPS):
             x, y, extra = self._next_batch()
             t0 = self.clock()
-            self._train_step(x, y, extra)
+            self.model.train_step(x, y, extra)
             if i >= BUDGET_WARMUP_STEPS:
                 times.append(self.clock() - t0)
         step_s = statistics.median(times)
@@ -474,7 +470,7 @@ class Trainer:
             while self.model.step < end and not self._stop.is_set():
                 t0 = self.clock()
                 x, y, extra = self._next_batch()
-                record = self._train_step(x, y, extra)
+                record = self.model.train_step(x, y, extra)
                 record = {"step": self.model.step, **record, "seconds": self.clock() - t0}
                 step = self.model.step
                 warning = self._watch_collapse(record)
