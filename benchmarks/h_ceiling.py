@@ -34,6 +34,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
 
 from families import FAMILIES, TASKS, _alt, load_family  # noqa: E402
 from iscl.config import preset  # noqa: E402
@@ -71,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="true: the true noise of simulated training pairs; flat: flat-block noise on the pools")
     p.add_argument("--tag", default="")
     p.add_argument("--out", type=Path, required=True, help="JSON-lines file the result is appended to")
+    p.add_argument("--save-h", type=Path, default=None,
+                   help="write the trained H here (safetensors), e.g. for lever_study.py --init-h")
     args = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
     torch.manual_seed(args.seed)
@@ -103,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         y = torch.from_numpy(ys.next_batch(t.batch_size))
         if args.target == "flat":  # the flat-block noise laid on the clean patch, as ISCL's flat-noise term does
             field = flat_block_noise(x, rng, block=t.extractor_flat_noise_block,
-                                     width=t.extractor_flat_noise_width or None, turn=t.augment == "dihedral")
+                                     width=t.extractor_flat_noise_width or None, turn=t.augment == "dihedral",
+                                     levels=t.extractor_flat_noise_levels, clean=y)
             if field is None:
                 continue
             x = (y + field).clamp(-1.0, 1.0)
@@ -113,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         opt.step()
         sched.step()
     seconds = time.perf_counter() - t0
+    if args.save_h is not None:
+        args.save_h.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in H.state_dict().items()}, str(args.save_h))
     H.eval()
     scores, scores_tta = [], []
     for c, n in zip(split.val_clean, split.val_noisy):

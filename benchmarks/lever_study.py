@@ -26,6 +26,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
 
 from families import FAMILIES, TASKS, Split, load_family  # noqa: E402
 from iscl.config import Config, preset  # noqa: E402
@@ -144,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--average-h", action="store_true",
                    help="also keep weight averages of H (SWA over the steps F's SWA covers, and an EMA with decay "
                         f"{EMA_DECAY}) and score the bypass with TTA for each, beside the trained H")
+    p.add_argument("--init-h", type=Path, default=None,
+                   help="start H from these weights (safetensors, e.g. from h_ceiling.py --save-h) instead of its "
+                        "initialization: H pretrained alone, then the ISCL game")
     args = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
 
@@ -151,6 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg = apply_overrides(preset(args.preset), args.set)
     cfg.train.steps, cfg.train.seed = args.steps, args.seed
     trainer, norm = make_trainer(cfg, split)
+    if args.init_h is not None:
+        m = trainer.model
+        m.nets.H.load_state_dict(load_file(str(args.init_h)))
+        with torch.no_grad():  # Lookahead's slow weights start as the weights before the first update
+            for slow, w in zip(m.opt_h.slow, m.nets.H.parameters()):
+                slow.copy_(w)
     averages = average_h(trainer) if args.average_h else {}
     curve, seconds, stopped = [], 0.0, None
     gamma = cfg.predict.gamma

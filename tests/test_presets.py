@@ -61,7 +61,8 @@ def test_every_new_option_is_off_in_paper_and_paper_is_official():
                  "train.precision", "train.channels_last", "train.compile", "train.nonfinite",
                  "train.guard_patience", "train.guard_max_restarts", "train.lowpass_sigma",
                  "train.extractor_flat_noise_block", "train.extractor_flat_noise_width",
-                 "train.extractor_flat_noise_guide", "train.extractor_flat_noise_source", "predict.weights",
+                 "train.extractor_flat_noise_guide", "train.extractor_flat_noise_source",
+                 "train.extractor_flat_noise_levels", "predict.weights",
                  "predict.precision", "normalization.mode", "normalization.low", "normalization.high",
                  "normalization.percentiles", "normalization.center", "normalization.width"}
     fields = {f"{s}.{f}" for s in SECTIONS for f in type(getattr(cfg, s)).model_fields}

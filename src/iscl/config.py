@@ -143,6 +143,10 @@ class TrainConfig(_Strict):
         "as wide as the patch keeps noise correlated along the rows (charging lines) whole; with the 8 "
         "rotations/flips, a patch whose pixels change less down its columns is turned a quarter before its strips "
         "are cut, and half the noise fields are turned")
+    extractor_flat_noise_levels: int = Field(
+        0, ge=0, le=64, description="0, or the number of intensity levels the flat-noise blocks are matched at (for "
+        "noise that grows with the signal): the flattest blocks are kept per level of their mean, and each tile is "
+        "drawn from blocks whose mean is near the clean patch's under it")
     extractor_flat_noise_guide: Literal["noisy", "bypass"] = Field(
         "noisy", description="what ranks the blocks by flatness: the noisy patches (their flattest blocks are also "
         "those whose noise happened to be weakest) or the bypass x - H(x), a denoised estimate (one more pass of "

@@ -93,6 +93,49 @@ def test_a_guide_ranks_the_blocks_by_its_flatness_not_the_noisy_patches():
         flat_block_noise(x, torch.Generator(), guide=guide[:1])
 
 
+def test_levels_match_each_tile_to_blocks_of_its_clean_intensity():
+    torch.manual_seed(0)
+    # noise that grows with the signal: 64 blocks, means -0.5..0.5, noise std 0.02..0.22 along the mean
+    means = torch.linspace(-0.5, 0.5, 64)
+    b = blocks_of(torch.randn(4, 1, 64, 64)) * (0.02 + 0.2 * (means + 0.5)).view(-1, 1, 1) + means.view(-1, 1, 1)
+    x = b.reshape(4, 4, 4, 16, 16).permute(0, 1, 3, 2, 4).reshape(4, 1, 64, 64)
+    y = torch.cat([torch.full((4, 1, 64, 32), -0.4), torch.full((4, 1, 64, 32), 0.4)], dim=-1)  # dark | bright
+    out = flat_block_noise(x, torch.Generator().manual_seed(0), levels=4, clean=y)
+    centred = b - b.mean(dim=(1, 2), keepdim=True)
+    for tile in blocks_of(out):
+        assert any(torch.allclose(tile, c, atol=1e-6) for c in centred)
+    dark, bright = out[..., :32].std(), out[..., 32:].std()
+    assert bright > 2 * dark  # each half gets the noise of its own intensity
+    # unmatched, the flattest quarter is the darkest blocks, laid on the bright half too
+    plain = flat_block_noise(x, torch.Generator().manual_seed(0))
+    assert plain[..., 32:].std() < 1.5 * plain[..., :32].std() and plain[..., 32:].std() < 0.5 * bright
+    assert torch.equal(out, flat_block_noise(x, torch.Generator().manual_seed(0), levels=4, clean=y))
+    with pytest.raises(ValueError, match="clean patches"):
+        flat_block_noise(x, torch.Generator(), levels=4)
+    # turned strips are matched to the clean patch as the field will lie on it (half the fields turned)
+    # (line noise along the rows, growing with the strip's mean; two dark clean patches, two bright ones)
+    strip_means = torch.linspace(-0.5, 0.5, 32).view(4, 1, 8, 1, 1)
+    signs = torch.tensor([1.0, -1.0]).repeat(4).view(1, 1, 1, 8, 1)  # every strip's line noise exactly its std
+    lines = signs * (0.02 + 0.2 * (strip_means + 0.5)) + strip_means
+    strips = (lines + 0.01 * torch.randn(4, 1, 8, 8, 64)).reshape(4, 1, 64, 64)
+    levels_y = torch.tensor([-0.4, -0.4, 0.4, 0.4]).view(4, 1, 1, 1).expand(4, 1, 64, 64)
+    turned = flat_block_noise(strips, torch.Generator().manual_seed(2), block=8, width=64, turn=True, levels=4,
+                              clean=levels_y)
+    assert turned[2:].std() > 2 * turned[:2].std()
+    # clean patches dark above, bright below: a field left along the rows is matched strip by strip, a turned
+    # one (its strips down the columns, each over both halves) is matched to their mean, the same left and right
+    halves = torch.cat([torch.full((8, 1, 32, 64), -0.4), torch.full((8, 1, 32, 64), 0.4)], dim=-2)
+    fields = flat_block_noise(torch.cat([strips, strips]), torch.Generator().manual_seed(3), block=8, width=64,
+                              turn=True, levels=4, clean=halves)
+    along_rows = [bool((f.diff(dim=-2) ** 2).mean() > (f.diff(dim=-1) ** 2).mean()) for f in fields]  # its lines
+    assert any(along_rows) and not all(along_rows)
+    for f, rows_ in zip(fields, along_rows):
+        if rows_:
+            assert f[..., 32:, :].std() > 2 * f[..., :32, :].std()
+        else:
+            assert f[..., :, 32:].std() < 2 * f[..., :, :32].std() and f[..., :, :32].std() < 2 * f[..., :, 32:].std()
+
+
 def test_extra_flat_steps_update_h_alone_on_their_own_batches(tiny_config):
     from iscl.engine.iscl import ISCL
 

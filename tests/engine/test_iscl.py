@@ -350,3 +350,9 @@ def test_flat_noise_term_is_h_against_the_known_noise_laid_on_y_with_its_weight(
     assert torch.equal(guided._flat_noisy(x, y), (y + n).clamp(-1, 1))
     assert not torch.equal(n, flat_block_noise(x, torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + 500_009),
                                                block=16))
+    # matched to the clean patches' intensity
+    cfg.train.extractor_flat_noise_guide, cfg.train.extractor_flat_noise_levels = "noisy", 4
+    matched = ISCL(cfg.network, cfg.train, generator=torch.Generator().manual_seed(0))
+    n = flat_block_noise(x, torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + 500_009), block=16,
+                         turn=False, levels=4, clean=y)
+    assert torch.equal(matched._flat_noisy(x, y), (y + n).clamp(-1, 1))

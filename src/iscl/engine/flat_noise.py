@@ -23,7 +23,8 @@ KEEP = 0.25  # the flattest quarter of the unclipped blocks (the block-variance 
 
 def flat_block_noise(x: torch.Tensor, generator: torch.Generator, block: int = BLOCK, keep: float = KEEP,
                      clip: float = 1.0, width: int | None = None, turn: bool = False,
-                     guide: torch.Tensor | None = None) -> torch.Tensor | None:
+                     guide: torch.Tensor | None = None, levels: int = 0,
+                     clean: torch.Tensor | None = None) -> torch.Tensor | None:
     """A noise field the shape of ``x`` tiled from the flattest blocks of ``x``.
 
     Parameters
@@ -44,6 +45,13 @@ def flat_block_noise(x: torch.Tensor, generator: torch.Generator, block: int = B
         the blocks instead of ``x``'s: ranked on ``x``, the flattest blocks are also those whose noise happened
         to be weakest (with line noise a 16-px block holds only 16 line offsets), so the samples understate the
         noise; ranked on a denoised estimate, they are flat in the scene. None: rank on ``x``.
+    levels : 0, or the number of intensity levels the noise is matched at, for noise whose strength follows the
+        signal (shot noise; CT noise along the attenuation): the blocks are split by their mean into ``levels``
+        equal-count levels and the flattest ``keep`` of each level is kept (ranked over all blocks, the flattest
+        are also the darkest where noise grows with the signal), and each tile of the field is drawn from the
+        kept blocks whose means lie nearest the mean of ``clean`` under that tile (a window of about one
+        level's count of kept blocks).
+    clean : (N, 1, H, W) the clean patches the field will be laid on; needed with ``levels``.
 
     Returns
     -------
@@ -54,6 +62,10 @@ def flat_block_noise(x: torch.Tensor, generator: torch.Generator, block: int = B
     if c != 1 or h < bh or w < bw:
         raise ValueError(f"flat_block_noise needs (N, 1, H, W) patches of at least {bh}x{bw} px, got {tuple(x.shape)}")
     x = x.detach().float()
+    if levels and (clean is None or clean.shape != x.shape):
+        got = None if clean is None else tuple(clean.shape)
+        raise ValueError(f"flat_block_noise: levels={levels} needs the clean patches, shape {tuple(x.shape)}; "
+                         f"got {got}")
     turn = turn and bh != bw and h == w  # (h >= bw then holds: w >= bw was checked)
     g = x if guide is None else guide.detach().float()
     if g.shape != x.shape:
@@ -68,17 +80,51 @@ def flat_block_noise(x: torch.Tensor, generator: torch.Generator, block: int = B
     if not bool(unclipped.any()):
         return None
     blocks, ranked = blocks[unclipped], ranked[unclipped]
-    blocks = blocks - blocks.mean(dim=(1, 2), keepdim=True)
-    count = max(1, int(round(keep * len(blocks))))
-    flattest = blocks[torch.argsort(ranked.var(dim=(1, 2), unbiased=False))[:count]]
+    means = blocks.mean(dim=(1, 2))
+    blocks = blocks - means.view(-1, 1, 1)
     rows, cols = -(-h // bh), -(-w // bw)
-    pick = torch.randint(len(flattest), (n * rows * cols,), generator=generator, device=generator.device)
+    flatness = ranked.var(dim=(1, 2), unbiased=False)
+    if not levels:
+        count = max(1, int(round(keep * len(blocks))))
+        flattest = blocks[torch.argsort(flatness)[:count]]
+        pick = torch.randint(len(flattest), (n * rows * cols,), generator=generator, device=generator.device)
+        flip = None
+    else:
+        # the flip is drawn first: the tiles are matched to the clean patch as the field will lie on it
+        flip = ((torch.rand(n, generator=generator, device=generator.device) < 0.5).to(x.device).view(n, 1, 1, 1)
+                if turn else None)
+        flattest, kept_means = _flattest_per_level(blocks, means, flatness, levels, keep)
+        target = clean.detach().float()
+        if flip is not None:
+            target = torch.where(flip, target.transpose(-1, -2), target)
+        pad = (0, cols * bw - w, 0, rows * bh - h)  # partial edge tiles: the clean patch's edge repeated
+        target = torch.nn.functional.pad(target, pad, mode="replicate") if any(pad) else target
+        tile_means = torch.nn.functional.avg_pool2d(target, (bh, bw)).flatten()  # row-major tiles, per patch
+        window = max(1, len(flattest) // levels)
+        nearest = torch.searchsorted(kept_means, tile_means.contiguous()).cpu()
+        offset = torch.randint(window, (len(nearest),), generator=generator, device=generator.device).cpu()
+        pick = (nearest - window // 2 + offset).clamp(0, len(flattest) - 1)
     field = flattest[pick.to(x.device)].reshape(n, rows, cols, bh, bw).permute(0, 1, 3, 2, 4)
     field = field.reshape(n, 1, rows * bh, cols * bw)[..., :h, :w]
     if turn:
-        flip = (torch.rand(n, generator=generator, device=generator.device) < 0.5).to(x.device).view(n, 1, 1, 1)
+        if flip is None:
+            flip = (torch.rand(n, generator=generator, device=generator.device) < 0.5).to(x.device).view(n, 1, 1, 1)
         field = torch.where(flip, field.transpose(-1, -2), field)
     return field.contiguous()
+
+
+def _flattest_per_level(blocks: torch.Tensor, means: torch.Tensor, flatness: torch.Tensor, levels: int,
+                        keep: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The flattest ``keep`` of the (M, bh, bw) ``blocks`` within each of ``levels`` equal-count levels of their
+    ``means``, sorted by mean, and those means (ascending, for ``searchsorted``)."""
+    order = torch.argsort(means)
+    kept = []
+    for level in torch.tensor_split(order, min(levels, len(order))):
+        count = max(1, int(round(keep * len(level))))
+        kept.append(level[torch.argsort(flatness[level])[:count]])
+    kept = torch.cat(kept)
+    kept = kept[torch.argsort(means[kept])]
+    return blocks[kept], means[kept].contiguous()
 
 
 def _blocks(x: torch.Tensor, bh: int, bw: int) -> torch.Tensor:

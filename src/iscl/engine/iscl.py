@@ -382,7 +382,8 @@ class ISCL:
             with torch.no_grad():
                 guide = x.float() - self.nets.H(x).float()
         noise = flat_block_noise(x, rng, block=t.extractor_flat_noise_block, width=t.extractor_flat_noise_width or None,
-                                 turn=t.augment == "dihedral", guide=guide)
+                                 turn=t.augment == "dihedral", guide=guide, levels=t.extractor_flat_noise_levels,
+                                 clean=y)
         return None if noise is None else (y.float() + noise).clamp(-1.0, 1.0).to(y.dtype)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor,
